@@ -21,7 +21,10 @@ from libs.errors import InvalidInputError
 FIRING = alert_pb2.ALERT_STATUS_FIRING
 RESOLVED = alert_pb2.ALERT_STATUS_RESOLVED
 STATUS_NAMES = {FIRING: "firing", RESOLVED: "resolved"}
-STATUS_VALUES = {"firing": FIRING, "resolved": RESOLVED}
+STATUS_VALUES: dict[str, alert_pb2.AlertStatus] = {
+    "firing": FIRING,
+    "resolved": RESOLVED,
+}
 
 MAX_FINGERPRINT_LENGTH = 128
 
@@ -92,7 +95,7 @@ def parse_notification(body: Any) -> alert_pb2.Notification:
     version = body.get("version")
     if version != "4":
         raise InvalidInputError(
-            f"unsupported webhook version {version!r}: expected \"4\", the "
+            f'unsupported webhook version {version!r}: expected "4", the '
             "Alertmanager webhook format"
         )
     alerts = body.get("alerts")
@@ -144,7 +147,9 @@ def parse_alert(raw: Any, where: str = "alert") -> alert_pb2.Alert:
         generator_url=_optional_string(raw, "generatorURL", where),
     )
     alert.labels.update(labels)
-    alert.annotations.update(_string_map(raw.get("annotations"), f"{where}.annotations"))
+    alert.annotations.update(
+        _string_map(raw.get("annotations"), f"{where}.annotations")
+    )
 
     starts_raw = raw.get("startsAt")
     if not isinstance(starts_raw, str):
@@ -174,9 +179,9 @@ def parse_alert(raw: Any, where: str = "alert") -> alert_pb2.Alert:
     return alert
 
 
-def _parse_status(value: Any, field: str) -> int:
+def _parse_status(value: Any, field: str) -> alert_pb2.AlertStatus:
     if value not in STATUS_VALUES:
-        raise InvalidInputError(f"{field} must be \"firing\" or \"resolved\"")
+        raise InvalidInputError(f'{field} must be "firing" or "resolved"')
     return STATUS_VALUES[value]
 
 

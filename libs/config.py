@@ -95,10 +95,39 @@ class Settings(BaseSettings):
     database_pool_size: int = Field(
         10, ge=1, le=200, description="PostgreSQL connections per process."
     )
+    migrate_on_start: bool = Field(
+        True,
+        description="Apply missing schema migrations when a service starts; "
+        "safe with many replicas. Set false to rely on `alert-history migrate`.",
+    )
     redis_url: SecretStr | None = Field(
         None,
         description="redis://host:6379/0 to share caches, locks and the "
         "enrichment mode across replicas; unset for in-process state.",
+    )
+
+    # TLS, off while unset.
+    grpc_tls_cert_file: Path | None = Field(
+        None,
+        description="PEM certificate chain the gRPC server presents; with "
+        "GRPC_TLS_KEY_FILE, turns on TLS for the gRPC server.",
+    )
+    grpc_tls_key_file: Path | None = Field(
+        None, description="PEM private key of GRPC_TLS_CERT_FILE."
+    )
+    grpc_tls_ca_file: Path | None = Field(
+        None,
+        description="PEM CA bundle gRPC clients use to verify the services' "
+        "certificates; unset for plaintext calls to HISTORY_ADDR, "
+        "CLASSIFIER_ADDR and PUBLISHER_ADDR.",
+    )
+    http_tls_cert_file: Path | None = Field(
+        None,
+        description="PEM certificate chain the gateway's HTTP server presents; "
+        "with HTTP_TLS_KEY_FILE, turns on HTTPS.",
+    )
+    http_tls_key_file: Path | None = Field(
+        None, description="PEM private key of HTTP_TLS_CERT_FILE."
     )
 
     # Gateway.
@@ -175,6 +204,18 @@ class Settings(BaseSettings):
     )
     classification_cache_ttl_seconds: int = Field(
         86400, ge=0, description="Seconds a model verdict stays cached."
+    )
+    classification_cache_max_entries: int = Field(
+        10000,
+        ge=1,
+        description="Model verdicts one classifier keeps in memory; the least "
+        "recently used are dropped first.",
+    )
+    classifier_severity_floor: bool = Field(
+        True,
+        description="Keep an alert whose own severity label (or annotation) is "
+        "critical at critical even when the model says less; false lets the "
+        "model lower it.",
     )
 
     # Publisher.
@@ -272,3 +313,22 @@ def _describe(exc: ValidationError) -> str:
                 f"invalid environment variable {name.upper()}={shown!r}: {message}"
             )
     return "; ".join(problems)
+
+
+def settings_table() -> str:
+    """The README's table of every environment variable, as Markdown."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        default = field.default
+        if isinstance(default, Path):
+            default = str(default)
+        shown = "unset" if default is None else f"`{default}`"
+        if name == "grpc_max_message_bytes" or name == "webhook_max_body_bytes":
+            shown = f"`{default}` ({default // MIB} MiB)"
+        description = (field.description or "").replace("|", "\\|")
+        rows.append(f"| `{name.upper()}` | {shown} | {description} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(settings_table())

@@ -33,6 +33,15 @@ Row = Any  # asyncpg.Record or sqlite3.Row: both index by column name
 
 _PLACEHOLDER = re.compile(r"\$(\d+)")
 
+# PostgreSQL errors that mean the connection or the server went away.
+_CONNECTION_LOST = (
+    OSError,
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+)
+
 
 def _adapt_datetime(value: datetime) -> str:
     if value.tzinfo is None:
@@ -162,8 +171,18 @@ class Database:
         try:
             if self.dialect == "postgresql":
                 assert self._pool is not None, "Database.connect() was not called"
-                async with self._pool.acquire() as raw, raw.transaction():
-                    yield Connection(raw, "postgresql")
+                async with self._pool.acquire() as raw:
+                    try:
+                        async with raw.transaction():
+                            yield Connection(raw, "postgresql")
+                    except asyncpg.exceptions.InterfaceError as exc:
+                        # When the server ends the session mid-query (shutdown,
+                        # pg_terminate_backend), the rollback fails with an
+                        # InterfaceError that hides the connection error.
+                        lost = exc.__context__
+                        if not isinstance(lost, _CONNECTION_LOST):
+                            raise
+                        raise UnavailableError(f"database unavailable: {lost}") from exc
             else:
                 assert self._sqlite is not None, "Database.connect() was not called"
                 async with self._sqlite_lock:
@@ -174,9 +193,7 @@ class Database:
                         await self._sqlite.rollback()
                         raise
                     await self._sqlite.commit()
-        except (OSError, asyncpg.exceptions.PostgresConnectionError) as exc:
-            raise UnavailableError(f"database unavailable: {exc}") from exc
-        except asyncpg.exceptions.CannotConnectNowError as exc:
+        except _CONNECTION_LOST as exc:
             raise UnavailableError(f"database unavailable: {exc}") from exc
         except sqlite3.OperationalError as exc:
             if "locked" in str(exc) or "busy" in str(exc):

@@ -80,6 +80,7 @@ async def abort_with(context: grpc.aio.ServicerContext, error: Exception) -> NoR
         await context.abort(status_for(error), str(error))
     logger.error("unexpected error in call", exc_info=error)
     await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+    raise AssertionError("context.abort returned")  # pragma: no cover
 
 
 class ServerMetrics:
@@ -101,7 +102,7 @@ class ServerMetrics:
         )
 
 
-class MetricsInterceptor(grpc.aio.ServerInterceptor):
+class MetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """Count and time every unary call by method and status code."""
 
     def __init__(self, metrics: ServerMetrics) -> None:
@@ -193,9 +194,14 @@ async def start_metrics_server(
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
-    sockets = site._server.sockets if site._server else []  # type: ignore[union-attr]
-    bound = sockets[0].getsockname()[1] if sockets else port
-    return runner, bound
+    return runner, bound_port(site, port)
+
+
+def bound_port(site: web.TCPSite, requested: int) -> int:
+    """The port an aiohttp site listens on, for sites started on port 0."""
+    server: Any = site._server
+    sockets = server.sockets if server is not None else []
+    return int(sockets[0].getsockname()[1]) if sockets else requested
 
 
 async def start_service(

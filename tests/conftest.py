@@ -54,9 +54,7 @@ def database_kind(request: pytest.FixtureRequest) -> Iterator[str]:
 
 
 @pytest.fixture
-async def any_database_url(
-    database_kind: str, tmp_path: Path
-) -> AsyncIterator[str]:
+async def any_database_url(database_kind: str, tmp_path: Path) -> AsyncIterator[str]:
     """A fresh database of each kind: the contract suites run on both."""
     if database_kind == "sqlite":
         yield f"sqlite:///{tmp_path / 'contract.db'}"

@@ -1,0 +1,269 @@
+"""The work that follows an accepted webhook: classify, record, publish.
+
+The history service queues one work item per notification with new state
+changes, in the transaction that stores them. Every gateway runs a
+`Pipeline` that leases items from that queue, so work survives a gateway
+crash: an item whose gateway died comes back when its lease runs out and
+another gateway finishes it. Each step is idempotent (a state change keeps
+its first classification, and Publish is keyed by the work item id), so a
+repeated item classifies and publishes nothing twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from collections.abc import Awaitable, Callable
+
+import grpc
+from google.protobuf.duration_pb2 import Duration
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from alerthistory.alert.v1 import alert_pb2
+from alerthistory.classifier.v1 import classifier_pb2
+from alerthistory.history.v1 import history_pb2
+from alerthistory.publisher.v1 import publisher_pb2
+from libs.batching import split_by_size
+from libs.clients import ServiceClients
+from libs.config import Settings
+from services.gateway.mode import Mode
+
+logger = logging.getLogger(__name__)
+
+# Deadlines of the internal calls, in seconds, beyond the classification
+# budget for the classifier.
+LEASE_DEADLINE = 5.0
+RECORD_DEADLINE = 5.0
+PUBLISH_DEADLINE = 5.0
+CLASSIFY_MARGIN = 2.0
+
+# Attempts after which an item that keeps failing is logged as an error on
+# every further attempt. It is never dropped.
+ATTEMPTS_BEFORE_ERROR = 5
+
+
+class PipelineMetrics:
+    """Counters and timings of processed work items."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.items = Counter(
+            "alert_history_pipeline_work_items_total",
+            "Work items processed by this gateway, by result.",
+            ["result"],
+            registry=registry,
+        )
+        self.seconds = Histogram(
+            "alert_history_pipeline_work_item_seconds",
+            "Time from leasing a work item to its completion.",
+            registry=registry,
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
+        self.queue_delay = Histogram(
+            "alert_history_pipeline_queue_delay_seconds",
+            "Time a work item waited in the queue before it was leased.",
+            registry=registry,
+            buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300),
+        )
+
+
+class Pipeline:
+    """Leases queued work items and carries each through classify and publish."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        clients: ServiceClients,
+        mode: Callable[[], Awaitable[Mode]],
+        registry: CollectorRegistry,
+    ) -> None:
+        self.settings = settings
+        self.clients = clients
+        self.mode = mode
+        self.metrics = PipelineMetrics(registry)
+        self.owner = f"{socket.gethostname()}:{os.getpid()}"
+        self._wake = asyncio.Event()
+        self._slots = asyncio.Semaphore(settings.pipeline_concurrency)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    def start(self) -> None:
+        self._loop_task = asyncio.create_task(self._run(), name="pipeline")
+
+    def wake(self) -> None:
+        """Look for work now rather than at the next poll."""
+        self._wake.set()
+
+    async def stop(self, grace: float) -> None:
+        """Stop leasing and give in-flight items `grace` seconds to finish.
+
+        Items still running after that keep their lease until it runs out,
+        then another gateway takes them over.
+        """
+        self._stopping = True
+        self._wake.set()
+        if self._loop_task is not None:
+            await self._loop_task
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=grace)
+        for task in self._tasks:
+            task.cancel()
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            try:
+                leased = await self._lease_batch()
+            except grpc.aio.AioRpcError as exc:
+                logger.warning("cannot lease work", extra={"error": exc.code().name})
+                leased = 0
+            if leased == 0 and not self._stopping:
+                await self._wait_for_wake()
+
+    async def _wait_for_wake(self) -> None:
+        try:
+            await asyncio.wait_for(
+                self._wake.wait(), timeout=self.settings.pipeline_poll_seconds
+            )
+        except TimeoutError:
+            pass
+        self._wake.clear()
+
+    async def _lease_batch(self) -> int:
+        free = self.settings.pipeline_concurrency - len(self._tasks)
+        if free <= 0:
+            await self._wait_for_wake()
+            return 0
+        response = await self.clients.history.LeaseWork(
+            history_pb2.LeaseWorkRequest(
+                owner=self.owner,
+                max_items=free,
+                lease_seconds=self.settings.work_lease_seconds,
+            ),
+            timeout=LEASE_DEADLINE,
+        )
+        for item in response.items:
+            task = asyncio.create_task(self._process_guarded(item))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return len(response.items)
+
+    async def _process_guarded(self, item: history_pb2.WorkItem) -> None:
+        started = time.perf_counter()
+        waited = time.time() - item.enqueued_at.ToMicroseconds() / 1e6
+        self.metrics.queue_delay.observe(max(waited, 0.0))
+        async with self._slots:
+            try:
+                await self.process(item)
+            except grpc.aio.AioRpcError as exc:
+                self._log_failure(item, exc.code().name, exc.details() or "")
+                self.metrics.items.labels("failed").inc()
+                return
+            except Exception as exc:
+                logger.exception(
+                    "work item failed", extra={"work_item": item.id, "error": str(exc)}
+                )
+                self.metrics.items.labels("failed").inc()
+                return
+        self.metrics.items.labels("done").inc()
+        self.metrics.seconds.observe(time.perf_counter() - started)
+
+    def _log_failure(self, item: history_pb2.WorkItem, code: str, details: str) -> None:
+        level = (
+            logging.ERROR if item.attempts >= ATTEMPTS_BEFORE_ERROR else logging.WARNING
+        )
+        logger.log(
+            level,
+            "work item failed; it is retried when its lease runs out",
+            extra={
+                "work_item": item.id,
+                "attempts": item.attempts,
+                "group_key": item.notification.group_key,
+                "error": f"{code}: {details[:200]}",
+            },
+        )
+
+    async def process(self, item: history_pb2.WorkItem) -> None:
+        """Classify what lacks a verdict, record it, publish, then complete."""
+        verdicts = await self._classify_missing(item)
+        if verdicts:
+            await self.clients.history.RecordClassifications(
+                history_pb2.RecordClassificationsRequest(
+                    records=[
+                        history_pb2.ClassificationRecord(
+                            state_change_id=state_change_id, classification=verdict
+                        )
+                        for state_change_id, verdict in verdicts.items()
+                    ]
+                ),
+                timeout=RECORD_DEADLINE,
+            )
+
+        publish_alerts = [
+            publisher_pb2.PublishAlert(
+                alert=work_alert.alert,
+                classification=verdicts.get(
+                    work_alert.state_change_id, work_alert.classification
+                ),
+                occurrence_id=work_alert.occurrence_id,
+                state_change_id=work_alert.state_change_id,
+            )
+            for work_alert in item.alerts
+        ]
+        chunks = split_by_size(publish_alerts, self.settings.grpc_max_message_bytes)
+        for index, chunk in enumerate(chunks):
+            # NOTE: a notification too large for one gRPC message is published
+            # as several requests per target, one per chunk.
+            batch_id = f"work-{item.id}" if index == 0 else f"work-{item.id}-{index}"
+            request = publisher_pb2.PublishRequest(
+                batch_id=batch_id, notification=item.notification, alerts=chunk
+            )
+            request.trace_context.update(item.trace_context)
+            await self.clients.publisher.Publish(request, timeout=PUBLISH_DEADLINE)
+        await self.clients.history.CompleteWork(
+            history_pb2.CompleteWorkRequest(ids=[item.id]), timeout=RECORD_DEADLINE
+        )
+        logger.debug(
+            "work item done",
+            extra={"work_item": item.id, "group_key": item.notification.group_key},
+        )
+
+    async def _classify_missing(
+        self, item: history_pb2.WorkItem
+    ) -> dict[int, alert_pb2.Classification]:
+        pending = [a for a in item.alerts if not a.HasField("classification")]
+        if not pending:
+            return {}
+        mode = await self.mode()
+        budget = Duration()
+        budget.FromNanoseconds(int(self.settings.pipeline_budget_seconds * 1e9))
+        request_mode = (
+            classifier_pb2.ENRICHMENT_MODE_TRANSPARENT
+            if mode == "transparent"
+            else classifier_pb2.ENRICHMENT_MODE_ENRICHED
+        )
+        verdicts: dict[int, alert_pb2.Classification] = {}
+        alerts = [a.alert for a in pending]
+        chunks = split_by_size(
+            alerts,
+            self.settings.grpc_max_message_bytes,
+            self.settings.classifier_max_batch,
+        )
+        offset = 0
+        for chunk in chunks:
+            response = await self.clients.classifier.BatchClassify(
+                classifier_pb2.BatchClassifyRequest(
+                    alerts=chunk, mode=request_mode, budget=budget
+                ),
+                timeout=self.settings.pipeline_budget_seconds + CLASSIFY_MARGIN,
+            )
+            for work_alert, verdict in zip(
+                pending[offset : offset + len(chunk)],
+                response.classifications,
+                strict=True,
+            ):
+                verdicts[work_alert.state_change_id] = verdict
+            offset += len(chunk)
+        return verdicts

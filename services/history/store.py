@@ -1,0 +1,679 @@
+"""All SQL of the history service: occurrences, state changes, classifications
+and the durable work queue.
+
+`services.history.lifecycle` decides what each alert changes; this module
+reads the occurrences it needs and writes the outcome. On PostgreSQL,
+concurrent transactions on the same occurrence are serialised by the unique
+index and a row lock (`SELECT ... FOR UPDATE`), so two identical
+notifications stored at once yield exactly one NEW outcome. SQLite
+serialises every writer already.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+from alerthistory.alert.v1 import alert_pb2
+from alerthistory.history.v1 import history_pb2
+from libs.alerts import STATUS_NAMES, datetime_to_timestamp
+from libs.db import Connection, Database, Row
+from libs.errors import InvalidInputError, NotFoundError
+from services.history import records
+from services.history.lifecycle import (
+    NewStateChange,
+    OccurrenceKey,
+    OccurrenceState,
+    OccurrenceUpdate,
+    PreparedAlert,
+    check_strings,
+    decide,
+    plan_changes,
+    plan_updates,
+    prepare_alert,
+    store_response,
+)
+
+MAX_LIST_LIMIT = 1000
+MAX_LEASE_ITEMS = 1000
+CONTEXT_WINDOW = timedelta(hours=24)
+
+# Rows per multi-row statement: 17 parameters a row stays far below the
+# 32,767 parameters PostgreSQL and SQLite 3.32+ accept in one statement.
+_ROWS_PER_STATEMENT = 500
+
+_T = TypeVar("_T")
+
+ChangeIds = dict[tuple[int, str], int]
+
+_NOTIFICATION_COLUMNS = (
+    "version, receiver, group_key, external_url, status, notification_reason,"
+    " truncated_alerts, group_labels, common_labels, common_annotations,"
+    " received_at"
+)
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _chunks(
+    items: Sequence[_T], size: int = _ROWS_PER_STATEMENT
+) -> Iterator[Sequence[_T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+@functools.lru_cache(maxsize=256)
+def _values_list(rows: int, columns: int, first: int = 1) -> str:
+    """Return "($1, $2), ($3, $4)" for `rows` rows of `columns` parameters."""
+    numbers = itertools.count(first)
+    return ", ".join(
+        "(" + ", ".join(f"${next(numbers)}" for _ in range(columns)) + ")"
+        for _ in range(rows)
+    )
+
+
+def _notification_params(
+    notification: alert_pb2.Notification, received_at: datetime
+) -> tuple[Any, ...]:
+    return (
+        notification.version,
+        notification.receiver,
+        notification.group_key,
+        notification.external_url,
+        STATUS_NAMES.get(notification.status, ""),
+        notification.notification_reason,
+        notification.truncated_alerts,
+        dict(notification.group_labels),
+        dict(notification.common_labels),
+        dict(notification.common_annotations),
+        received_at,
+    )
+
+
+@dataclass(frozen=True)
+class _Write:
+    """Everything storing one notification writes after reading occurrences."""
+
+    notification: alert_pb2.Notification
+    received_at: datetime
+    updates: list[OccurrenceUpdate]
+    changes: list[NewStateChange]
+    enqueue_work: bool
+    trace_context: dict[str, str]
+
+
+@dataclass(frozen=True)
+class _Written:
+    notification_id: int
+    change_ids: ChangeIds
+    work_item_id: int
+
+
+class HistoryStore:
+    """Reads and writes the history tables of one Database."""
+
+    def __init__(
+        self, db: Database, *, clock: Callable[[], datetime] = _utc_now
+    ) -> None:
+        self.db = db
+        self._clock = clock
+
+    def _id_in(self, column: str, parameter: int) -> str:
+        """Return a condition "column is in the id list passed as $parameter"."""
+        if self.db.dialect == "postgresql":
+            return f"{column} = ANY(${parameter}::bigint[])"
+        return f"{column} IN (SELECT value FROM json_each(${parameter}))"
+
+    async def store_notification(
+        self,
+        notification: alert_pb2.Notification,
+        *,
+        enqueue_work: bool = False,
+        trace_context: Mapping[str, str] | None = None,
+    ) -> history_pb2.StoreNotificationResponse:
+        """Store every alert of `notification` in one transaction.
+
+        With `enqueue_work`, one work item lists the new state changes, but
+        none is written when every alert is a repeat. Raises InvalidInputError
+        for a notification that can never be stored.
+        """
+        if not notification.alerts:
+            raise InvalidInputError("notification.alerts is empty")
+        received_at = self._clock()
+        alerts = [
+            prepare_alert(alert, index, received_at)
+            for index, alert in enumerate(notification.alerts)
+        ]
+        check_strings(notification, alerts)
+
+        async with self.db.transaction() as conn:
+            states = await self._claim_occurrences(
+                conn, notification, alerts, received_at
+            )
+            decisions = [decide(alert, states[alert.key]) for alert in alerts]
+            write = _Write(
+                notification,
+                received_at,
+                plan_updates(states),
+                plan_changes(decisions),
+                enqueue_work,
+                dict(trace_context or {}),
+            )
+            written = await self._write(conn, write)
+
+        return store_response(
+            decisions,
+            written.change_ids,
+            written.notification_id,
+            written.work_item_id,
+        )
+
+    async def _claim_occurrences(
+        self,
+        conn: Connection,
+        notification: alert_pb2.Notification,
+        alerts: list[PreparedAlert],
+        received_at: datetime,
+    ) -> dict[OccurrenceKey, OccurrenceState]:
+        """Insert the occurrences not stored yet and lock the others.
+
+        Keys are inserted in sorted order so that two transactions inserting
+        overlapping sets wait on each other instead of deadlocking.
+        """
+        first_by_key: dict[OccurrenceKey, PreparedAlert] = {}
+        for alert in alerts:
+            first_by_key.setdefault(alert.key, alert)
+        ordered = [first_by_key[key] for key in sorted(first_by_key)]
+
+        states: dict[OccurrenceKey, OccurrenceState] = {}
+        for chunk in _chunks(ordered):
+            rows = await self._insert_occurrences(
+                conn, notification, chunk, received_at
+            )
+            for row in rows:
+                key = (row["fingerprint"], row["starts_at"])
+                states[key] = OccurrenceState(
+                    id=row["id"], status=first_by_key[key].status, inserted=True
+                )
+
+        existing = [key for key in first_by_key if key not in states]
+        if existing:
+            for row in await self._lock_occurrences(conn, existing):
+                key = (row["fingerprint"], row["starts_at"])
+                states[key] = OccurrenceState(
+                    id=row["id"], status=row["status"], inserted=False
+                )
+        missing = [key for key in first_by_key if key not in states]
+        if missing:
+            raise RuntimeError(f"occurrence neither inserted nor found: {missing[0]}")
+        return states
+
+    async def _insert_occurrences(
+        self,
+        conn: Connection,
+        notification: alert_pb2.Notification,
+        alerts: Sequence[PreparedAlert],
+        received_at: datetime,
+    ) -> list[Row]:
+        columns = 17
+        params: list[Any] = []
+        for alert in alerts:
+            params.extend(
+                (
+                    alert.fingerprint,
+                    alert.labels.get("alertname", ""),
+                    alert.labels.get("namespace", ""),
+                    alert.labels.get("severity", ""),
+                    alert.status,
+                    alert.labels,
+                    alert.annotations,
+                    alert.starts_at,
+                    alert.ends_at,
+                    alert.generator_url,
+                    received_at,
+                    received_at,
+                    notification.group_key,
+                    notification.receiver,
+                    notification.truncated_alerts,
+                    notification.external_url,
+                    1,
+                )
+            )
+        return await conn.fetch(
+            "INSERT INTO occurrences (fingerprint, alertname, namespace, severity,"
+            " status, labels, annotations, starts_at, ends_at, generator_url,"
+            " first_seen_at, last_seen_at, group_key, receiver, truncated_alerts,"
+            " external_url, deliveries)"
+            f" VALUES {_values_list(len(alerts), columns)}"
+            " ON CONFLICT (fingerprint, starts_at) DO NOTHING"
+            " RETURNING id, fingerprint, starts_at",
+            *params,
+        )
+
+    async def _lock_occurrences(
+        self, conn: Connection, keys: list[OccurrenceKey]
+    ) -> list[Row]:
+        """Read the stored occurrences of `keys`, on PostgreSQL locking them by id."""
+        if self.db.dialect == "postgresql":
+            return await conn.fetch(
+                "SELECT id, fingerprint, starts_at, status FROM occurrences"
+                " WHERE fingerprint = ANY($1::text[])"
+                " AND (fingerprint, starts_at) IN"
+                " (SELECT * FROM unnest($1::text[], $2::timestamptz[]))"
+                " ORDER BY id FOR UPDATE",
+                [key[0] for key in keys],
+                [key[1] for key in keys],
+            )
+        rows: list[Row] = []
+        for chunk in _chunks(keys):
+            conditions = " OR ".join(
+                f"(fingerprint = ${2 * i + 1} AND starts_at = ${2 * i + 2})"
+                for i in range(len(chunk))
+            )
+            rows.extend(
+                await conn.fetch(
+                    "SELECT id, fingerprint, starts_at, status FROM occurrences"
+                    f" WHERE {conditions}",
+                    *itertools.chain.from_iterable(chunk),
+                )
+            )
+        return rows
+
+    async def _write(self, conn: Connection, write: _Write) -> _Written:
+        notification_id = int(
+            await conn.fetchval(
+                f"INSERT INTO notifications ({_NOTIFICATION_COLUMNS})"
+                f" VALUES {_values_list(1, 11)} RETURNING id",
+                *_notification_params(write.notification, write.received_at),
+            )
+        )
+        await self._update_occurrences(conn, write)
+        change_ids = await self._insert_state_changes(conn, write, notification_id)
+
+        work_item_id = 0
+        if write.enqueue_work and change_ids:
+            work_item_id = int(
+                await conn.fetchval(
+                    "INSERT INTO work_items (notification_id, state_change_ids,"
+                    " trace_context, enqueued_at, attempts)"
+                    " VALUES ($1, $2, $3, $4, 0) RETURNING id",
+                    notification_id,
+                    sorted(change_ids.values()),
+                    write.trace_context,
+                    write.received_at,
+                )
+            )
+        return _Written(notification_id, change_ids, work_item_id)
+
+    async def _update_occurrences(self, conn: Connection, write: _Write) -> None:
+        if not write.updates:
+            return
+        notification = write.notification
+        await conn.executemany(
+            "UPDATE occurrences SET status = $2, ends_at = COALESCE($3, ends_at),"
+            " annotations = $4, last_seen_at = $5, deliveries = deliveries + $6,"
+            " group_key = $7, receiver = $8, truncated_alerts = $9,"
+            " external_url = $10"
+            " WHERE id = $1",
+            [
+                (
+                    update.id,
+                    update.status,
+                    update.ends_at,
+                    update.annotations,
+                    write.received_at,
+                    update.deliveries,
+                    notification.group_key,
+                    notification.receiver,
+                    notification.truncated_alerts,
+                    notification.external_url,
+                )
+                for update in write.updates
+            ],
+        )
+
+    async def _insert_state_changes(
+        self, conn: Connection, write: _Write, notification_id: int
+    ) -> ChangeIds:
+        ids: ChangeIds = {}
+        for chunk in _chunks(write.changes):
+            params: list[Any] = []
+            for change in chunk:
+                params.extend(
+                    (
+                        change.occurrence_id,
+                        notification_id,
+                        change.status,
+                        change.changed_at,
+                        write.received_at,
+                    )
+                )
+            rows = await conn.fetch(
+                "INSERT INTO state_changes"
+                " (occurrence_id, notification_id, status, changed_at, recorded_at)"
+                f" VALUES {_values_list(len(chunk), 5)}"
+                " RETURNING id, occurrence_id, status",
+                *params,
+            )
+            for row in rows:
+                ids[(row["occurrence_id"], row["status"])] = row["id"]
+        return ids
+
+    async def record_classifications(
+        self, classification_records: Iterable[history_pb2.ClassificationRecord]
+    ) -> int:
+        """Store each state change's first classification and count the new ones.
+
+        Raises InvalidInputError, storing nothing, when a record names an
+        unknown state change or lacks its classification.
+        """
+        params: dict[int, tuple[Any, ...]] = {}
+        for index, record in enumerate(classification_records):
+            where = f"records[{index}].classification"
+            if not record.HasField("classification"):
+                raise InvalidInputError(f"{where} is missing")
+            if record.state_change_id not in params:
+                params[record.state_change_id] = (
+                    record.state_change_id,
+                    *records.classification_params(record.classification, where),
+                )
+        if not params:
+            return 0
+        recorded_at = self._clock()
+
+        async with self.db.transaction() as conn:
+            await self._check_state_changes(conn, list(params))
+            stored = 0
+            for chunk in _chunks(list(params.values())):
+                stored += await self._insert_classifications(conn, chunk, recorded_at)
+        return stored
+
+    async def _check_state_changes(self, conn: Connection, ids: list[int]) -> None:
+        rows = await conn.fetch(
+            f"SELECT id FROM state_changes WHERE {self._id_in('id', 1)}", ids
+        )
+        unknown = sorted(set(ids) - {row["id"] for row in rows})
+        if unknown:
+            listed = ", ".join(str(i) for i in unknown[:10])
+            raise InvalidInputError(
+                f"state_change_id not found: {listed}; record classifications only "
+                "for state changes that StoreNotification returned"
+            )
+
+    async def _insert_classifications(
+        self, conn: Connection, rows: Sequence[tuple[Any, ...]], recorded_at: datetime
+    ) -> int:
+        columns = len(records.CLASSIFICATION_COLUMNS) + 2
+        params: list[Any] = []
+        for row in rows:
+            params.extend((*row, recorded_at))
+        inserted = await conn.fetch(
+            "INSERT INTO classifications (state_change_id, "
+            + ", ".join(records.CLASSIFICATION_COLUMNS)
+            + f", recorded_at) VALUES {_values_list(len(rows), columns)}"
+            " ON CONFLICT (state_change_id) DO NOTHING RETURNING id",
+            *params,
+        )
+        return len(inserted)
+
+    async def lease_work(
+        self, owner: str, max_items: int, lease_seconds: int
+    ) -> list[history_pb2.WorkItem]:
+        """Lease up to `max_items` pending work items, oldest first.
+
+        An item is pending while it is not completed and no lease on it is
+        live. On PostgreSQL, SKIP LOCKED lets concurrent callers take
+        disjoint items without waiting on each other.
+        """
+        if not 1 <= max_items <= MAX_LEASE_ITEMS:
+            raise InvalidInputError(
+                f"max_items must be from 1 to {MAX_LEASE_ITEMS}, not {max_items}"
+            )
+        if lease_seconds < 1:
+            raise InvalidInputError(
+                f"lease_seconds must be at least 1, not {lease_seconds}"
+            )
+        now = self._clock()
+
+        async with self.db.transaction() as conn:
+            leased = await conn.fetch(
+                "UPDATE work_items SET leased_until = $1, lease_owner = $2,"
+                " attempts = attempts + 1"
+                " WHERE id IN (SELECT id FROM work_items"
+                " WHERE completed_at IS NULL"
+                " AND (leased_until IS NULL OR leased_until <= $3)"
+                f" ORDER BY id LIMIT $4{self.db.skip_locked})"
+                " RETURNING id, notification_id, state_change_ids, trace_context,"
+                " enqueued_at, attempts",
+                now + timedelta(seconds=lease_seconds),
+                owner,
+                now,
+                max_items,
+            )
+            if not leased:
+                return []
+            notifications = await self._notifications_by_id(
+                conn, [row["notification_id"] for row in leased]
+            )
+            alerts = await self._work_alerts(
+                conn, [i for row in leased for i in row["state_change_ids"]]
+            )
+        return [
+            _work_item(row, notifications, alerts)
+            for row in sorted(leased, key=lambda row: row["id"])
+        ]
+
+    async def _notifications_by_id(
+        self, conn: Connection, ids: list[int]
+    ) -> dict[int, alert_pb2.Notification]:
+        rows = await conn.fetch(
+            f"SELECT * FROM notifications WHERE {self._id_in('id', 1)}", ids
+        )
+        return {row["id"]: records.notification_from_row(row) for row in rows}
+
+    async def _work_alerts(
+        self, conn: Connection, state_change_ids: list[int]
+    ) -> dict[int, history_pb2.WorkAlert]:
+        rows = await conn.fetch(
+            "SELECT s.id, s.occurrence_id, s.status, o.fingerprint, o.labels,"
+            " o.annotations, o.starts_at, o.ends_at, o.generator_url, "
+            + _classification_select()
+            + " FROM state_changes s"
+            " JOIN occurrences o ON o.id = s.occurrence_id"
+            " LEFT JOIN classifications c ON c.state_change_id = s.id"
+            f" WHERE {self._id_in('s.id', 1)}",
+            state_change_ids,
+        )
+        return {row["id"]: records.work_alert_from_row(row) for row in rows}
+
+    async def complete_work(self, ids: Iterable[int]) -> int:
+        """Mark work items completed and return how many were still pending."""
+        id_list = sorted(set(ids))
+        if not id_list:
+            return 0
+        return await self.db.execute(
+            "UPDATE work_items SET completed_at = $2"
+            f" WHERE {self._id_in('id', 1)} AND completed_at IS NULL",
+            id_list,
+            self._clock(),
+        )
+
+    async def release_work(self, ids: Iterable[int], owner: str) -> int:
+        """Hand leased items back to the queue, as if `owner` never leased them.
+
+        Only items that `owner` still holds are released, and their count is
+        returned.
+        """
+        id_list = sorted(set(ids))
+        if not id_list:
+            return 0
+        return await self.db.execute(
+            "UPDATE work_items SET leased_until = NULL, lease_owner = NULL,"
+            " attempts = attempts - 1"
+            f" WHERE {self._id_in('id', 1)} AND lease_owner = $2"
+            " AND completed_at IS NULL",
+            id_list,
+            owner,
+        )
+
+    async def list_occurrences(
+        self,
+        *,
+        limit: int,
+        cursor: str = "",
+        alertname: str = "",
+        status: int = 0,
+        fingerprint: str = "",
+    ) -> tuple[list[history_pb2.Occurrence], str]:
+        """Return one page of occurrences, newest start first, and the next cursor.
+
+        Each occurrence carries its state changes and their classifications.
+        The next cursor is empty on the last page.
+        """
+        if not 1 <= limit <= MAX_LIST_LIMIT:
+            raise InvalidInputError(
+                f"limit must be from 1 to {MAX_LIST_LIMIT}, not {limit}"
+            )
+        conditions: list[str] = []
+        params: list[Any] = []
+        if cursor:
+            starts_at, last_id = records.decode_cursor(cursor)
+            first = len(params) + 1
+            conditions.append(
+                f"(starts_at < ${first}"
+                f" OR (starts_at = ${first} AND id < ${first + 1}))"
+            )
+            params.extend((starts_at, last_id))
+        for column, value in (
+            ("alertname", alertname),
+            ("status", records.status_text(status, "status") if status else ""),
+            ("fingerprint", fingerprint),
+        ):
+            if value:
+                params.append(value)
+                conditions.append(f"{column} = ${len(params)}")
+        clause = f" WHERE {' AND '.join(conditions)}" if conditions else ""
+        rows = await self.db.fetch(
+            f"SELECT * FROM occurrences{clause}"
+            f" ORDER BY starts_at DESC, id DESC LIMIT ${len(params) + 1}",
+            *params,
+            limit + 1,
+        )
+
+        page = [records.occurrence_from_row(row) for row in rows[:limit]]
+        await self._attach_state_changes(page)
+        next_cursor = ""
+        if len(rows) > limit:
+            last = rows[limit - 1]
+            next_cursor = records.encode_cursor(last["starts_at"], last["id"])
+        return page, next_cursor
+
+    async def _attach_state_changes(
+        self, occurrences: list[history_pb2.Occurrence]
+    ) -> None:
+        if not occurrences:
+            return
+        rows = await self.db.fetch(
+            "SELECT s.id, s.occurrence_id, s.status, s.changed_at, "
+            + _classification_select()
+            + " FROM state_changes s"
+            " LEFT JOIN classifications c ON c.state_change_id = s.id"
+            f" WHERE {self._id_in('s.occurrence_id', 1)} ORDER BY s.id",
+            [occurrence.id for occurrence in occurrences],
+        )
+        by_id = {occurrence.id: occurrence for occurrence in occurrences}
+        for row in rows:
+            by_id[row["occurrence_id"]].state_changes.append(
+                records.state_change_from_row(row)
+            )
+
+    async def get_occurrence(self, occurrence_id: int) -> history_pb2.Occurrence:
+        """Return one occurrence with its state changes and their classifications."""
+        async with self.db.transaction() as conn:
+            row = await conn.fetchrow(
+                "SELECT * FROM occurrences WHERE id = $1", occurrence_id
+            )
+            if row is None:
+                raise NotFoundError(f"occurrence {occurrence_id} not found")
+            changes = await conn.fetch(
+                "SELECT s.id, s.status, s.changed_at, "
+                + _classification_select()
+                + " FROM state_changes s"
+                " LEFT JOIN classifications c ON c.state_change_id = s.id"
+                " WHERE s.occurrence_id = $1 ORDER BY s.id",
+                occurrence_id,
+            )
+        occurrence = records.occurrence_from_row(row)
+        occurrence.state_changes.extend(
+            records.state_change_from_row(change) for change in changes
+        )
+        return occurrence
+
+    async def get_alert_context(
+        self, fingerprint: str
+    ) -> history_pb2.GetAlertContextResponse:
+        """Summarise the last 24 hours of one fingerprint.
+
+        An occurrence counts when it started or was last received in the
+        window, and a state change counts when its `changed_at` is in it.
+        """
+        if not fingerprint:
+            raise InvalidInputError("fingerprint is missing")
+        since = self._clock() - CONTEXT_WINDOW
+        async with self.db.transaction() as conn:
+            occurrences = await conn.fetchval(
+                "SELECT count(*) FROM occurrences WHERE fingerprint = $1"
+                " AND (starts_at >= $2 OR last_seen_at >= $2)",
+                fingerprint,
+                since,
+            )
+            changes = await conn.fetchval(
+                "SELECT count(*) FROM state_changes s"
+                " JOIN occurrences o ON o.id = s.occurrence_id"
+                " WHERE o.fingerprint = $1 AND s.changed_at >= $2",
+                fingerprint,
+                since,
+            )
+            latest = await conn.fetchrow(
+                "SELECT " + _classification_select() + " FROM classifications c"
+                " JOIN state_changes s ON s.id = c.state_change_id"
+                " JOIN occurrences o ON o.id = s.occurrence_id"
+                " WHERE o.fingerprint = $1 ORDER BY c.id DESC LIMIT 1",
+                fingerprint,
+            )
+        response = history_pb2.GetAlertContextResponse(
+            recent_occurrences=int(occurrences), flap_count=int(changes)
+        )
+        if latest is not None:
+            response.last_classification.CopyFrom(
+                records.classification_from_row(latest, "c_")
+            )
+        return response
+
+
+def _classification_select() -> str:
+    return ", ".join(
+        f"c.{column} AS c_{column}" for column in records.CLASSIFICATION_COLUMNS
+    )
+
+
+def _work_item(
+    row: Row,
+    notifications: Mapping[int, alert_pb2.Notification],
+    alerts: Mapping[int, history_pb2.WorkAlert],
+) -> history_pb2.WorkItem:
+    item = history_pb2.WorkItem(
+        id=row["id"],
+        notification=notifications[row["notification_id"]],
+        attempts=row["attempts"],
+        trace_context=row["trace_context"],
+        enqueued_at=datetime_to_timestamp(row["enqueued_at"]),
+    )
+    item.alerts.extend(alerts[i] for i in row["state_change_ids"] if i in alerts)
+    return item

@@ -1,0 +1,485 @@
+"""The background delivery worker and its retry policy.
+
+The worker leases due deliveries from the store, POSTs each body to its
+target and stores every attempt. Each target has its own limit of requests
+in flight, so a slow or failing target never holds up another. A worker that
+stops without releasing its leases (a crash, SIGKILL) delays its in-flight
+deliveries until the leases expire. Then any replica sends them again with
+the same Idempotency-Key, so a receiver gets at most that one request twice.
+
+Logs name the target, never its URL or headers: both may carry credentials.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from contextlib import suppress
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
+from hashlib import sha256
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from libs.config import Settings
+from services.publisher.metrics import PublisherMetrics
+from services.publisher.store import (
+    AttemptResult,
+    ClaimedDelivery,
+    DeliveryStore,
+    Outcome,
+)
+from services.publisher.targets import Target, TargetSet
+
+logger = logging.getLogger(__name__)
+
+# Response bytes kept per attempt.
+MAX_RESPONSE_BODY_BYTES = 2048
+# Maximum length of the error text kept per attempt.
+MAX_ERROR_LENGTH = 500
+# Seconds between polls of the store when nothing wakes the worker.
+POLL_SECONDS = 1.0
+# Seconds a lease outlives the request timeout, to cover storing the outcome.
+LEASE_MARGIN_SECONDS = 30.0
+USER_AGENT = "alert-history-publisher"
+
+
+def idempotency_key(batch_id: str, target: str, part: int) -> str:
+    """Return the Idempotency-Key of a delivery: the same on every attempt."""
+    digest = sha256(f"{batch_id}\n{target}\n{part}".encode()).hexdigest()
+    return digest[:32]
+
+
+def backoff_seconds(
+    failures: int, initial: float, maximum: float, jitter: float
+) -> float:
+    """Return the wait after the `failures`-th failed attempt (counting from 1).
+
+    The cap doubles from `initial` up to `maximum`, and the wait is drawn
+    from the upper half of the cap: `jitter` in [0, 1) picks the point. Full
+    jitter (anywhere from 0 to the cap) could shrink every wait to nearly
+    nothing and give up within seconds, so half the cap is always waited.
+    With 12 attempts, 5 s initial and 300 s maximum the 11 waits add up to at
+    least 907.5 s.
+    """
+    exponent = min(max(failures - 1, 0), 62)
+    cap = min(maximum, initial * 2.0**exponent)
+    return cap / 2 + cap / 2 * jitter
+
+
+def minimum_retry_span(attempts: int, initial: float, maximum: float) -> float:
+    """Return the shortest time from the first to the last of `attempts`."""
+    return sum(
+        backoff_seconds(failures, initial, maximum, 0.0)
+        for failures in range(1, attempts)
+    )
+
+
+def parse_retry_after(value: str | None, now: datetime) -> float | None:
+    """Return the wait in seconds a Retry-After header requests, or None if invalid.
+
+    The header contains either whole seconds or an HTTP date, and a date in
+    the past means 0.
+    """
+    if value is None:
+        return None
+    text = value.strip()
+    if text.isdigit():
+        return float(text)
+    try:
+        moment = parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return max((moment - now).total_seconds(), 0.0)
+
+
+def is_retryable_status(status_code: int | None) -> bool:
+    """True for no response, 408, 429 and 5xx: a later attempt may succeed."""
+    if status_code is None:
+        return True
+    return status_code in (408, 429) or 500 <= status_code <= 599
+
+
+def decide_outcome(
+    settings: Settings,
+    *,
+    attempt: int,
+    status_code: int | None,
+    error: str | None,
+    retry_after: float | None,
+    now: datetime,
+    jitter: float,
+) -> Outcome:
+    """Decide what follows attempt number `attempt` (counting from 1).
+
+    2xx succeeds. A retryable failure waits the backoff or the Retry-After,
+    whichever is longer, never more than DELIVERY_MAX_BACKOFF_SECONDS, and
+    is dead after DELIVERY_MAX_ATTEMPTS. Any other status is dead at once:
+    the target rejected the request (4xx) or redirected it, and redirects
+    are not followed because they would resend the target's headers.
+    """
+    if status_code is not None and 200 <= status_code <= 299:
+        return Outcome("succeeded", now)
+
+    failure = error if error is not None else f"HTTP {status_code}"
+    if not is_retryable_status(status_code):
+        if status_code is not None and 300 <= status_code <= 399:
+            failure = f"HTTP {status_code}: redirect not followed; set the final URL"
+        return Outcome("dead", now, f"rejected by the target: {failure}")
+    if attempt >= settings.delivery_max_attempts:
+        return Outcome("dead", now, f"gave up after {attempt} attempts: {failure}")
+
+    wait = backoff_seconds(
+        attempt,
+        settings.delivery_initial_backoff_seconds,
+        settings.delivery_max_backoff_seconds,
+        jitter,
+    )
+    if retry_after is not None:
+        wait = max(wait, retry_after)
+    wait = min(wait, settings.delivery_max_backoff_seconds)
+    return Outcome("pending", now + timedelta(seconds=wait), failure)
+
+
+@dataclass(frozen=True)
+class Response:
+    """The parts of a target's response the worker keeps."""
+
+    status_code: int
+    retry_after: str | None
+    body: str
+
+
+class DeliveryWorker:
+    """Leases due deliveries and sends them, per target in parallel."""
+
+    def __init__(
+        self,
+        store: DeliveryStore,
+        targets: TargetSet,
+        settings: Settings,
+        metrics: PublisherMetrics,
+        *,
+        lease_seconds: float | None = None,
+        drain_seconds: float | None = None,
+        poll_seconds: float = POLL_SECONDS,
+        jitter: Callable[[], float] = random.random,
+    ) -> None:
+        self.store = store
+        self.targets = targets
+        self.settings = settings
+        self.metrics = metrics
+        self.lease_seconds = (
+            lease_seconds
+            if lease_seconds is not None
+            else settings.delivery_timeout_seconds + LEASE_MARGIN_SECONDS
+        )
+        self.drain_seconds = (
+            drain_seconds
+            if drain_seconds is not None
+            else min(settings.shutdown_grace_seconds, settings.delivery_timeout_seconds)
+        )
+        self.poll_seconds = poll_seconds
+        self.jitter = jitter
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._loop_task: asyncio.Task[None] | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._in_flight: dict[asyncio.Task[None], ClaimedDelivery] = {}
+        self._busy: dict[str, int] = {}
+        self._dispatch_failures = 0
+
+    async def start(self) -> None:
+        """Start the dispatch loop."""
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=self.settings.delivery_timeout_seconds),
+            connector=aiohttp.TCPConnector(limit=0),
+            headers={"User-Agent": USER_AGENT},
+        )
+        self._loop_task = asyncio.create_task(self._run(), name="delivery-dispatch")
+        logger.info("delivery worker started", extra={"owner": self.owner})
+
+    def wake(self) -> None:
+        """Look for due deliveries now instead of at the next poll."""
+        self._wake.set()
+
+    async def close(self) -> None:
+        """Stop taking deliveries, let requests in flight finish for the drain
+        time, then cancel the rest and release their leases."""
+        self._stopping = True
+        self._wake.set()
+        if self._loop_task is not None:
+            await self._loop_task
+            self._loop_task = None
+
+        in_flight = dict(self._in_flight)
+        if in_flight:
+            _, unfinished = await asyncio.wait(in_flight, timeout=self.drain_seconds)
+            for task in unfinished:
+                task.cancel()
+            await asyncio.gather(*unfinished, return_exceptions=True)
+            if unfinished:
+                await self._release([in_flight[task].id for task in unfinished])
+
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+        logger.info("delivery worker stopped", extra={"owner": self.owner})
+
+    async def _release(self, delivery_ids: list[int]) -> None:
+        try:
+            await self.store.release(delivery_ids, self.owner)
+        except Exception as exc:
+            # The leases expire on their own; the deliveries wait until then.
+            logger.warning(
+                "cannot release delivery leases",
+                extra={"error": str(exc), "deliveries": len(delivery_ids)},
+            )
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            self._wake.clear()
+            try:
+                wait = await self._dispatch()
+                self._dispatch_failures = 0
+            except Exception as exc:
+                self._log_dispatch_failure(exc)
+                wait = self.poll_seconds
+            if wait > 0 and not self._stopping:
+                with suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), wait)
+
+    def _log_dispatch_failure(self, exc: Exception) -> None:
+        self._dispatch_failures += 1
+        # One record on the first failure, then one per 60 failed polls (about
+        # a minute) while the store stays unreachable.
+        if self._dispatch_failures % 60 == 1:
+            logger.error(
+                "cannot take due deliveries from the store",
+                extra={"error": str(exc), "failures": self._dispatch_failures},
+            )
+
+    async def _dispatch(self) -> float:
+        """Lease due deliveries of every target with free slots and start them.
+
+        Returns the seconds to wait before the next look.
+        """
+        now = datetime.now(UTC)
+        due_times = await self.store.due_times()
+        wait = self.poll_seconds
+        for target in self.targets.enabled():
+            free = self.settings.delivery_concurrency_per_target - self._busy.get(
+                target.name, 0
+            )
+            due = due_times.get(target.name)
+            if due is None or free <= 0 or self._stopping:
+                continue
+            if due > now:
+                wait = min(wait, (due - now).total_seconds())
+                continue
+            claimed = await self.store.claim(
+                target.name,
+                free,
+                self.owner,
+                now,
+                now + timedelta(seconds=self.lease_seconds),
+            )
+            for delivery in claimed:
+                self._start_delivery(target, delivery)
+            if claimed:
+                wait = 0.0
+        return wait
+
+    def _start_delivery(self, target: Target, delivery: ClaimedDelivery) -> None:
+        self._busy[target.name] = self._busy.get(target.name, 0) + 1
+        task = asyncio.create_task(self._deliver(target, delivery))
+        self._in_flight[task] = delivery
+
+        def finished(done: asyncio.Task[None]) -> None:
+            self._in_flight.pop(done, None)
+            self._busy[target.name] -= 1
+            self._wake.set()
+
+        task.add_done_callback(finished)
+
+    async def _deliver(self, target: Target, delivery: ClaimedDelivery) -> None:
+        attempt = delivery.attempts + 1
+        started_at = datetime.now(UTC)
+        started = time.perf_counter()
+        response: Response | None = None
+        error: str | None = None
+        try:
+            response = await self._send(target, delivery)
+        except TimeoutError:
+            error = f"timed out after {self.settings.delivery_timeout_seconds:g} s"
+        except aiohttp.ClientError as exc:
+            error = describe_error(exc, target.url)
+        except Exception as exc:
+            logger.error(
+                "unexpected error sending a delivery",
+                exc_info=exc,
+                extra={"target": target.name, "delivery_id": delivery.id},
+            )
+            error = f"internal error: {type(exc).__name__}"
+        duration = time.perf_counter() - started
+        self.metrics.latency.labels(target.name, delivery.format).observe(duration)
+
+        now = datetime.now(UTC)
+        status_code = response.status_code if response is not None else None
+        outcome = decide_outcome(
+            self.settings,
+            attempt=attempt,
+            status_code=status_code,
+            error=error,
+            retry_after=parse_retry_after(
+                response.retry_after if response is not None else None, now
+            ),
+            now=now,
+            jitter=self.jitter(),
+        )
+        result = AttemptResult(
+            attempted_at=started_at,
+            duration_seconds=duration,
+            status_code=status_code,
+            error=error if error is not None else outcome.error,
+            response_body=response.body if response is not None else None,
+        )
+        self._count(target, delivery, outcome)
+        self._log_outcome(target, delivery, attempt, result, outcome)
+        await self._store_outcome(delivery, result, outcome)
+
+    async def _send(self, target: Target, delivery: ClaimedDelivery) -> Response:
+        assert self._session is not None, "DeliveryWorker.start() was not called"
+        headers = {
+            **target.headers,
+            "Content-Type": "application/json",
+            "Idempotency-Key": delivery.idempotency_key,
+        }
+        async with self._session.post(
+            target.url,
+            data=delivery.body.encode("utf-8"),
+            headers=headers,
+            allow_redirects=False,
+        ) as resp:
+            body = await _read_prefix(resp, MAX_RESPONSE_BODY_BYTES)
+            return Response(
+                status_code=resp.status,
+                retry_after=resp.headers.get("Retry-After"),
+                body=body.decode("utf-8", errors="replace"),
+            )
+
+    def _count(
+        self, target: Target, delivery: ClaimedDelivery, outcome: Outcome
+    ) -> None:
+        labels = (target.name, delivery.format)
+        if outcome.state == "succeeded":
+            self.metrics.success.labels(*labels).inc()
+            return
+        self.metrics.errors.labels(*labels).inc()
+        if outcome.state == "dead":
+            self.metrics.dead.labels(*labels).inc()
+
+    def _log_outcome(
+        self,
+        target: Target,
+        delivery: ClaimedDelivery,
+        attempt: int,
+        result: AttemptResult,
+        outcome: Outcome,
+    ) -> None:
+        extra = {
+            "target": target.name,
+            "delivery_id": delivery.id,
+            "batch_id": delivery.batch_id,
+            "attempt": attempt,
+            "status_code": result.status_code,
+            "duration_seconds": round(result.duration_seconds, 3),
+        }
+        if outcome.state == "succeeded":
+            logger.info("delivery succeeded", extra=extra)
+        elif outcome.state == "pending":
+            logger.warning(
+                "delivery attempt failed; retrying later",
+                extra={
+                    **extra,
+                    "error": outcome.error,
+                    "next_attempt_at": outcome.next_attempt_at.isoformat(),
+                },
+            )
+        else:
+            logger.error(
+                "delivery dead-lettered", extra={**extra, "error": outcome.error}
+            )
+
+    async def _store_outcome(
+        self, delivery: ClaimedDelivery, result: AttemptResult, outcome: Outcome
+    ) -> None:
+        """Store the outcome, retrying while the lease lasts.
+
+        If the store stays unreachable the lease expires and the delivery is
+        sent again, the one case where a receiver gets a repeated request.
+        """
+        deadline = (
+            time.monotonic()
+            + self.lease_seconds
+            - self.settings.delivery_timeout_seconds
+        )
+        while True:
+            try:
+                stored = await self.store.finish_attempt(
+                    delivery, self.owner, result, outcome, datetime.now(UTC)
+                )
+            except Exception as exc:
+                if time.monotonic() >= deadline or self._stopping:
+                    logger.error(
+                        "cannot store a delivery outcome; it will be sent again",
+                        extra={
+                            "target": delivery.target,
+                            "delivery_id": delivery.id,
+                            "error": str(exc),
+                        },
+                    )
+                    return
+                await asyncio.sleep(1.0)
+                continue
+            if not stored:
+                logger.warning(
+                    "delivery lease lost before its outcome was stored",
+                    extra={"target": delivery.target, "delivery_id": delivery.id},
+                )
+            return
+
+
+async def _read_prefix(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while size < limit:
+        chunk = await resp.content.read(limit - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
+def describe_error(exc: BaseException, url: str) -> str:
+    """Describe a request failure without the URL's path, query or userinfo."""
+    text = f"{type(exc).__name__}: {exc}"
+    parts = urlsplit(url)
+    secrets = [url, parts.path if len(parts.path) > 1 else "", parts.query]
+    if parts.username or parts.password:
+        secrets.append(parts.netloc)
+    for secret in sorted(filter(None, secrets), key=len, reverse=True):
+        text = text.replace(secret, "[redacted]")
+    return text[:MAX_ERROR_LENGTH]
