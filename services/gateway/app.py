@@ -22,31 +22,40 @@ from typing import Any
 
 import grpc
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from alerthistory.alert.v1 import alert_pb2
 from alerthistory.history.v1 import history_pb2
-from libs import convert
 from libs.alerts import STATUS_NAMES, parse_notification
 from libs.batching import split_by_size
 from libs.clients import ServiceClients
 from libs.config import Settings
 from libs.errors import AlertHistoryError, InvalidInputError
+from services.gateway import (
+    routes_classify,
+    routes_history,
+    routes_publishing,
+    routes_recommendations,
+)
+from services.gateway.keys import (
+    CLIENTS_KEY,
+    METRICS_KEY,
+    MODE_KEY,
+    PIPELINE_KEY,
+    REGISTRY_KEY,
+    SETTINGS_KEY,
+    STATE_KEY,
+)
+from services.gateway.metrics import GatewayMetrics
 from services.gateway.mode import ModeStore
 from services.gateway.pipeline import Pipeline
+from services.gateway.responses import json_error
 
 logger = logging.getLogger(__name__)
 
 STORE_DEADLINE = 10.0
 READ_DEADLINE = 10.0
-
-SETTINGS_KEY = web.AppKey("settings", Settings)
-CLIENTS_KEY = web.AppKey("clients", ServiceClients)
-PIPELINE_KEY = web.AppKey("pipeline", Pipeline)
-MODE_KEY = web.AppKey("mode", ModeStore)
-REGISTRY_KEY = web.AppKey("registry", CollectorRegistry)
-STATE_KEY = web.AppKey("state", dict)
 
 # gRPC codes that mean "try again later": answered 503 so Alertmanager retries.
 TRANSIENT_CODES = frozenset(
@@ -60,46 +69,6 @@ TRANSIENT_CODES = frozenset(
         grpc.StatusCode.INTERNAL,
     }
 )
-
-
-class GatewayMetrics:
-    """Webhook counters and timings."""
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.webhooks = Counter(
-            "alert_history_webhooks_total",
-            "Webhook requests answered, by endpoint and HTTP status code.",
-            ["endpoint", "code"],
-            registry=registry,
-        )
-        self.rejected = Counter(
-            "alert_history_webhooks_rejected_total",
-            "Webhook requests rejected before storage, by reason.",
-            ["reason"],
-            registry=registry,
-        )
-        self.alerts = Counter(
-            "alert_history_webhook_alerts_total",
-            "Alerts received in accepted webhooks, by outcome (new or repeat).",
-            ["outcome"],
-            registry=registry,
-        )
-        self.latency = Histogram(
-            "alert_history_webhook_seconds",
-            "Time from receiving a webhook to answering it.",
-            ["endpoint"],
-            registry=registry,
-            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
-        )
-
-
-METRICS_KEY = web.AppKey("metrics", GatewayMetrics)
-
-
-def json_error(status: int, message: str, **extra: Any) -> web.Response:
-    return web.json_response(
-        {"status": "error", "error": message, **extra}, status=status
-    )
 
 
 def _authorized(request: web.Request, settings: Settings) -> bool:
@@ -288,48 +257,6 @@ async def webhook_proxy(request: web.Request) -> web.Response:
     return await _handle_webhook(request, enqueue_work=True)
 
 
-def _query_int(
-    request: web.Request, name: str, default: int, low: int, high: int
-) -> int:
-    raw = request.query.get(name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise InvalidInputError(f"{name} must be a whole number") from None
-    if not low <= value <= high:
-        raise InvalidInputError(f"{name} must be from {low} to {high}")
-    return value
-
-
-async def history(request: web.Request) -> web.Response:
-    try:
-        limit = _query_int(request, "limit", 100, 1, 1000)
-    except InvalidInputError as exc:
-        return json_error(400, str(exc), parameter="limit")
-    status = request.query.get("status", "")
-    status_value = {"firing": 1, "resolved": 2, "": 0}.get(status)
-    if status_value is None:
-        return json_error(400, "status must be firing or resolved", parameter="status")
-    response = await request.app[CLIENTS_KEY].history.ListOccurrences(
-        history_pb2.ListOccurrencesRequest(
-            limit=limit,
-            cursor=request.query.get("cursor", ""),
-            alertname=request.query.get("alertname", ""),
-            fingerprint=request.query.get("fingerprint", ""),
-            status=status_value,  # type: ignore[arg-type]
-        ),
-        timeout=READ_DEADLINE,
-    )
-    return web.json_response(
-        {
-            "occurrences": [convert.occurrence(o) for o in response.occurrences],
-            "next_cursor": response.next_cursor or None,
-        }
-    )
-
-
 async def get_mode(request: web.Request) -> web.Response:
     mode, source = await request.app[MODE_KEY].get()
     return web.json_response({"mode": mode, "source": source})
@@ -414,9 +341,15 @@ def create_app(
     app[PIPELINE_KEY] = Pipeline(settings, clients, current_mode, registry)
     app.router.add_post("/webhook", webhook)
     app.router.add_post("/webhook/proxy", webhook_proxy)
-    app.router.add_get("/history", history)
     app.router.add_get("/enrichment/mode", get_mode)
     app.router.add_post("/enrichment/mode", set_mode)
+    for area in (
+        routes_classify,
+        routes_publishing,
+        routes_history,
+        routes_recommendations,
+    ):
+        area.add_routes(app)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_endpoint)

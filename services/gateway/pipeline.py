@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable
 
 import grpc
 from google.protobuf.duration_pb2 import Duration
+from google.protobuf.timestamp_pb2 import Timestamp
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from alerthistory.alert.v1 import alert_pb2
@@ -29,6 +30,9 @@ from alerthistory.publisher.v1 import publisher_pb2
 from libs.batching import split_by_size
 from libs.clients import ServiceClients
 from libs.config import Settings
+from services.classifier.classifier import SEVERITY_VALUES
+from services.classifier.injection import has_instruction_like_text
+from services.classifier.rules import classify_by_rules
 from services.gateway.mode import Mode
 
 logger = logging.getLogger(__name__)
@@ -253,12 +257,23 @@ class Pipeline:
         )
         offset = 0
         for chunk in chunks:
-            response = await self.clients.classifier.BatchClassify(
-                classifier_pb2.BatchClassifyRequest(
-                    alerts=chunk, mode=request_mode, budget=budget
-                ),
-                timeout=self.settings.pipeline_budget_seconds + CLASSIFY_MARGIN,
-            )
+            try:
+                response = await self.clients.classifier.BatchClassify(
+                    classifier_pb2.BatchClassifyRequest(
+                        alerts=chunk, mode=request_mode, budget=budget
+                    ),
+                    timeout=self.settings.pipeline_budget_seconds + CLASSIFY_MARGIN,
+                )
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                    raise
+                logger.warning(
+                    "classifier unavailable; publishing with the rules' verdict",
+                    extra={"work_item": item.id, "error": exc.code().name},
+                )
+                response = classifier_pb2.BatchClassifyResponse(
+                    classifications=[local_rules_verdict(alert) for alert in chunk]
+                )
             for work_alert, verdict in zip(
                 pending[offset : offset + len(chunk)],
                 response.classifications,
@@ -267,3 +282,29 @@ class Pipeline:
                 verdicts[work_alert.state_change_id] = verdict
             offset += len(chunk)
         return verdicts
+
+
+def local_rules_verdict(alert: alert_pb2.Alert) -> alert_pb2.Classification:
+    """Classify with the deterministic rules in this process.
+
+    Used when the classifier service cannot be reached, so that a page is
+    published on time rather than held until the classifier is back.
+    """
+    labels, annotations = dict(alert.labels), dict(alert.annotations)
+    verdict = classify_by_rules(labels, annotations)
+    flags = (
+        ["instruction_like_text"]
+        if has_instruction_like_text(labels, annotations)
+        else []
+    )
+    classified_at = Timestamp()
+    classified_at.GetCurrentTime()
+    return alert_pb2.Classification(
+        severity=SEVERITY_VALUES[verdict.severity],
+        confidence=verdict.confidence,
+        reasoning=verdict.reasoning,
+        source=alert_pb2.VERDICT_SOURCE_RULES,
+        fallback_reason="classifier_unavailable",
+        flags=flags,
+        classified_at=classified_at,
+    )

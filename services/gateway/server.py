@@ -14,7 +14,8 @@ from prometheus_client import CollectorRegistry
 from libs.clients import ServiceClients
 from libs.config import Settings
 from libs.grpcserver import bound_port
-from services.gateway.app import PIPELINE_KEY, STATE_KEY, create_app
+from services.gateway.app import create_app
+from services.gateway.keys import PIPELINE_KEY, STATE_KEY
 from services.gateway.mode import ModeStore
 
 logger = logging.getLogger(__name__)
