@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import grpc
 
+from alerthistory.audit.v1 import audit_pb2_grpc
 from alerthistory.classifier.v1 import classifier_pb2_grpc
 from alerthistory.history.v1 import history_pb2_grpc
 from alerthistory.publisher.v1 import publisher_pb2_grpc
@@ -23,6 +24,7 @@ class ServiceClients:
         ]
         history, classifier, publisher = self._channels
         self.history = history_pb2_grpc.HistoryServiceStub(history)
+        self.audit = audit_pb2_grpc.AuditServiceStub(history)
         self.classifier = classifier_pb2_grpc.ClassifierServiceStub(classifier)
         self.publisher = publisher_pb2_grpc.PublisherServiceStub(publisher)
 

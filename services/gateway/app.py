@@ -38,6 +38,7 @@ from services.gateway import (
     routes_publishing,
     routes_recommendations,
 )
+from services.gateway.access import AccessMetrics, access_middleware, list_audit
 from services.gateway.keys import (
     CLIENTS_KEY,
     METRICS_KEY,
@@ -325,7 +326,7 @@ def create_app(
     # The body limit is enforced while reading (413); aiohttp's own limit only
     # has to stay out of the way.
     app = web.Application(
-        middlewares=[error_middleware],
+        middlewares=[access_middleware(AccessMetrics(registry)), error_middleware],
         client_max_size=settings.webhook_max_body_bytes + 1,
     )
     app[SETTINGS_KEY] = settings
@@ -350,6 +351,7 @@ def create_app(
         routes_recommendations,
     ):
         area.add_routes(app)
+    app.router.add_get("/audit", list_audit)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_endpoint)
