@@ -39,7 +39,13 @@ if ! "$python" -c 'import venv, ensurepip' 2>/dev/null; then
 fi
 
 if $with_tests; then
-    apt_install postgresql redis-server prometheus-alertmanager nodejs npm
+    # Commands rather than package names decide, because a machine may have
+    # them from other packages (Node.js from NodeSource bundles npm).
+    command -v pg_ctlcluster >/dev/null || apt_install postgresql
+    command -v redis-server >/dev/null || apt_install redis-server
+    command -v prometheus-alertmanager >/dev/null || command -v alertmanager >/dev/null \
+        || apt_install prometheus-alertmanager
+    command -v npm >/dev/null || apt_install nodejs npm
 
     if ! pg_isready -h 127.0.0.1 -p 5432 -q; then
         cluster=$(ls /etc/postgresql | sort -V | tail -n 1)
