@@ -136,11 +136,11 @@ class InProcessMesh:
             return reply.status, await _decode(reply)
 
     async def wait_until(
-        self, condition: Callable[[], Any], timeout: float = 10.0
+        self, condition: Callable[[], Any], wait_seconds: float = 10.0
     ) -> Any:
         """Poll a (possibly async) condition until it is true; raise on timeout."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        deadline = loop.time() + wait_seconds
         while True:
             value = condition()
             if asyncio.iscoroutine(value):
@@ -148,7 +148,7 @@ class InProcessMesh:
             if value:
                 return value
             if loop.time() > deadline:
-                raise TimeoutError(f"condition not met within {timeout} s")
+                raise TimeoutError(f"condition not met within {wait_seconds} s")
             await asyncio.sleep(0.05)
 
     async def history(self, **query: str) -> list[dict[str, Any]]:

@@ -187,7 +187,9 @@ async def test_webhook_ha_peers_in_parallel_one_occurrence(mesh: InProcessMesh):
 
 
 async def test_webhook_invalid_alerts_rejected(mesh: InProcessMesh):
-    status, answer = await mesh.post("/webhook/proxy", case("r15", "inbound_invalid.json"))
+    status, answer = await mesh.post(
+        "/webhook/proxy", case("r15", "inbound_invalid.json")
+    )
 
     assert status == 400
     assert "alerts" in answer["error"]
@@ -386,7 +388,7 @@ async def test_webhook_database_down_then_back(tmp_path: Path, pg_url: str):
                 status, _ = await mesh.post("/webhook/proxy", case("r15"))
                 return status == 200
 
-            await mesh.wait_until(resend_until_stored, timeout=20)
+            await mesh.wait_until(resend_until_stored, wait_seconds=20)
             await mesh.receiver.wait_for_requests(1, "/hook", wait_seconds=15)
             await mesh.post("/webhook/proxy", case("r15"))
             await asyncio.sleep(1.0)
