@@ -8,6 +8,7 @@ that names each invalid variable, and never echoes a secret's value.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
@@ -33,6 +34,8 @@ DEFAULT_METRICS_PORTS = {
 }
 
 Port = int
+# A Kubernetes namespace name: an RFC 1123 label.
+_NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 
 class ConfigError(Exception):
@@ -143,6 +146,9 @@ class Settings(BaseSettings):
     publisher_addr: str = Field(
         "127.0.0.1:50053", description="host:port of the publisher service."
     )
+    recommender_addr: str = Field(
+        "127.0.0.1:50054", description="host:port of the recommender service."
+    )
     webhook_max_body_bytes: int = Field(
         16 * MIB,
         ge=1024,
@@ -158,6 +164,17 @@ class Settings(BaseSettings):
     )
     webhook_bearer_token: SecretStr | None = Field(
         None, description="Bearer token the webhook requires."
+    )
+    api_tokens: SecretStr | None = Field(
+        None,
+        description="Named API tokens as name:token pairs separated by commas. "
+        "When set, every call that changes state needs one as a bearer token, "
+        "and each change is written to the audit log under the token's name.",
+    )
+    api_read_protected: bool = Field(
+        False,
+        description="With API_TOKENS set, require a token for reading too "
+        "(history, targets, recommendations, the dashboard's data).",
     )
     enrichment_mode: Literal["transparent", "enriched"] = Field(
         "enriched",
@@ -190,9 +207,103 @@ class Settings(BaseSettings):
         "accepted); unset for the deterministic rules.",
     )
     llm_api_key: SecretStr | None = Field(
-        None, description="API key sent as a bearer token to the model."
+        None,
+        description="API key of the model endpoint, sent as a bearer token, or "
+        "in the api-key header with LLM_PROVIDER=azure.",
     )
-    llm_model: str = Field("gpt-4o-mini", description="Model name to request.")
+    llm_auth_token: SecretStr | None = Field(
+        None,
+        description="Token sent in the X-Auth-Token header to the model "
+        "endpoint, for proxies that require one.",
+    )
+    llm_provider: Literal["openai", "azure"] = Field(
+        "openai",
+        description="openai: any OpenAI-compatible API (OpenAI, vLLM, Ollama, "
+        "LiteLLM); azure: Azure OpenAI, where the model name is the deployment "
+        "name.",
+    )
+    llm_azure_api_version: str = Field(
+        "2024-10-21",
+        description="api-version query parameter sent with LLM_PROVIDER=azure.",
+    )
+    llm_model: str = Field(
+        "gpt-4o-mini",
+        description="Model name to request for every operation without its own "
+        "model setting.",
+    )
+    llm_classify_model: str | None = Field(
+        None, description="Model name for classification; unset uses LLM_MODEL."
+    )
+    llm_structured_output: Literal["json_schema", "json_object", "none"] = Field(
+        "json_object",
+        description="response_format of model requests: json_schema (a strict "
+        "schema), json_object (JSON mode) or none for endpoints that reject "
+        "the field.",
+    )
+    llm_max_attempts: int = Field(
+        3,
+        ge=1,
+        le=10,
+        description="HTTP attempts per model request; connection errors, "
+        "timeouts, 408, 409, 429 and 5xx are retried, other statuses are not.",
+    )
+    llm_retry_initial_seconds: float = Field(
+        0.5, gt=0, description="Base of the exponential backoff between attempts."
+    )
+    llm_retry_max_seconds: float = Field(
+        8.0,
+        gt=0,
+        description="Longest wait between two attempts, a Retry-After header included.",
+    )
+    llm_circuit_failure_threshold: int = Field(
+        5,
+        ge=1,
+        description="Consecutive failed model attempts that open the circuit; "
+        "while it is open, classifications skip the model.",
+    )
+    llm_circuit_open_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="Seconds the circuit stays open before one probe request "
+        "may test the model again.",
+    )
+    llm_max_calls_per_minute: int | None = Field(
+        None,
+        ge=1,
+        description="Model requests allowed per minute, counted across "
+        "replicas through REDIS_URL or per process without it; the overflow "
+        "gets the rules' verdict with reason spend_limit. Unset for no limit.",
+    )
+    llm_max_tokens_per_minute: int | None = Field(
+        None,
+        ge=1,
+        description="Model tokens allowed per minute, counted like "
+        "LLM_MAX_CALLS_PER_MINUTE; once they are used up, requests get reason "
+        "spend_limit until the minute ends. Unset for no limit.",
+    )
+    llm_prompt_template_file: Path | None = Field(
+        None,
+        description="Text file of the classification prompt, with "
+        "{alert_data} and {historical_context} placeholders; unset for the "
+        "built-in prompt.",
+    )
+    llm_omit_labels: str = Field(
+        "", description="Comma-separated label names never sent to the model."
+    )
+    llm_omit_annotations: str = Field(
+        "",
+        description="Comma-separated annotation names never sent to the model.",
+    )
+    llm_redact_labels: str = Field(
+        "",
+        description="Comma-separated label names whose values the model "
+        "receives as [redacted].",
+    )
+    llm_redact_annotations: str = Field(
+        "",
+        description="Comma-separated annotation names whose values the model "
+        "receives as [redacted].",
+    )
     llm_timeout_seconds: float = Field(
         20.0, gt=0, description="Seconds one model request may take."
     )
@@ -217,6 +328,23 @@ class Settings(BaseSettings):
         "critical at critical even when the model says less; false lets the "
         "model lower it.",
     )
+    classifier_context_timeout_seconds: float = Field(
+        0.5,
+        ge=0,
+        description="Seconds the classifier waits for an alert's history from "
+        "HISTORY_ADDR before it prompts without it; 0 never asks.",
+    )
+    classifier_last_known_max_age_seconds: int = Field(
+        604800,
+        ge=0,
+        description="Oldest stored model verdict served, with source "
+        "LAST_KNOWN, while the model fails; 0 serves none.",
+    )
+    classification_cache_key_prefix: str = Field(
+        "alert-history:classifier:",
+        description="Prefix of the classifier's Redis keys: verdicts, locks "
+        "and spend counters.",
+    )
 
     # Publisher.
     publishing_targets_file: Path | None = Field(
@@ -239,8 +367,162 @@ class Settings(BaseSettings):
     delivery_concurrency_per_target: int = Field(
         4, ge=1, le=64, description="Requests in flight per target."
     )
+    target_discovery_namespaces: str | None = Field(
+        None,
+        description="Comma-separated namespaces whose labelled Secrets define "
+        "publishing targets; unset turns target discovery off.",
+    )
+    target_discovery_label_selector: str = Field(
+        "publishing-target=true",
+        description="Kubernetes label selector of the Secrets that define "
+        "publishing targets.",
+    )
+    target_discovery_resync_seconds: float = Field(
+        300.0,
+        gt=0,
+        description="Seconds between full lists of the target Secrets, besides "
+        "the watch that applies changes as they happen.",
+    )
+    target_discovery_watch_timeout_seconds: int = Field(
+        240,
+        ge=1,
+        description="Seconds the API server keeps one watch of the target "
+        "Secrets open before the publisher starts a new one.",
+    )
+    kubeconfig: str | None = Field(
+        None,
+        description="Kubeconfig file (several joined by ':') that target "
+        "discovery uses; unset in a pod for its ServiceAccount, otherwise "
+        "~/.kube/config.",
+    )
 
-    @field_validator("history_addr", "classifier_addr", "publisher_addr")
+    # History.
+    history_retention_days: int = Field(
+        90,
+        ge=0,
+        description="Days of history kept: occurrences last seen earlier, their "
+        "state changes, classifications and notifications, and work items "
+        "completed earlier, are deleted; 0 keeps everything.",
+    )
+    history_retention_interval_seconds: float = Field(
+        3600.0,
+        gt=0,
+        description="Seconds between two retention runs of the history service; "
+        "one replica runs at a time.",
+    )
+    history_retention_batch_size: int = Field(
+        5000,
+        ge=1,
+        le=100000,
+        description="Occurrences (or notifications, or work items) deleted per "
+        "retention transaction.",
+    )
+    history_retention_pause_seconds: float = Field(
+        0.1,
+        ge=0,
+        description="Pause between two retention transactions, leaving the "
+        "database to ingestion.",
+    )
+
+    # Recommender.
+    prometheus_url: str | None = Field(
+        None,
+        description="Base URL of Prometheus, whose /api/v1/rules gives each "
+        "rule's `for` and evaluation interval; unset infers them from history.",
+    )
+    alertmanager_url: str | None = Field(
+        None,
+        description="Base URL of Alertmanager, whose /api/v2/status gives the "
+        "routes' group_wait, group_interval and repeat_interval; unset infers "
+        "them from history.",
+    )
+    config_api_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="Seconds one request to PROMETHEUS_URL or ALERTMANAGER_URL "
+        "may take.",
+    )
+    llm_recommend_model: str | None = Field(
+        None, description="Model name for recommendations; unset uses LLM_MODEL."
+    )
+    recommender_window_hours: int = Field(
+        168,
+        ge=1,
+        le=24 * 90,
+        description="Hours of history one generation analyses, up to now.",
+    )
+    recommender_flap_min_cycles: int = Field(
+        6,
+        ge=2,
+        description="Fire and resolve cycles (occurrences) of one fingerprint in "
+        "the window from which an alert counts as flapping.",
+    )
+    recommender_short_lived_seconds: int = Field(
+        300,
+        ge=1,
+        description="A resolved occurrence shorter than this many seconds is "
+        "short-lived.",
+    )
+    recommender_short_lived_ratio: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="Share of short-lived resolved occurrences from which an "
+        "alert counts as short-lived.",
+    )
+    recommender_min_resolved: int = Field(
+        3,
+        ge=1,
+        description="Fewest resolved occurrences in the window before the "
+        "short-lived share is judged.",
+    )
+    recommender_long_firing_hours: float = Field(
+        24.0,
+        gt=0,
+        description="Hours an occurrence fires without resolving before its "
+        "alert counts as never resolving.",
+    )
+    recommender_repeater_min_occurrences: int = Field(
+        50,
+        ge=1,
+        description="Occurrences in the window from which an alert counts as a "
+        "heavy repeater.",
+    )
+    recommender_repeater_min_deliveries: int = Field(
+        200,
+        ge=1,
+        description="Notifications in the window, repeats included, from which "
+        "an alert counts as a heavy repeater.",
+    )
+    recommender_noise_ratio: float = Field(
+        0.8,
+        gt=0,
+        le=1,
+        description="Share of classified occurrences judged noise from which an "
+        "alert counts as mostly noise.",
+    )
+    recommender_min_classified: int = Field(
+        5,
+        ge=1,
+        description="Fewest classified occurrences in the window before the "
+        "noise share is judged.",
+    )
+    recommender_max_model_requests: int = Field(
+        50,
+        ge=0,
+        description="Model requests one generation makes at most; the other "
+        "flagged alerts get the deterministic recommendation.",
+    )
+    recommender_generate_lock_seconds: int = Field(
+        600,
+        ge=10,
+        description="Seconds the Redis lock of a generation lives before it "
+        "expires, should its holder die.",
+    )
+
+    @field_validator(
+        "history_addr", "classifier_addr", "publisher_addr", "recommender_addr"
+    )
     @classmethod
     def _check_address(cls, value: str) -> str:
         host, sep, port = value.rpartition(":")
@@ -258,7 +540,25 @@ class Settings(BaseSettings):
             raise ValueError("expected a postgresql:// or sqlite:/// URL")
         return value
 
-    @field_validator("llm_proxy_url")
+    @field_validator("api_tokens")
+    @classmethod
+    def _check_api_tokens(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            parse_api_tokens(value.get_secret_value())
+        return value
+
+    @field_validator("target_discovery_namespaces")
+    @classmethod
+    def _check_namespaces(cls, value: str | None) -> str | None:
+        for namespace in _split_namespaces(value):
+            if not _NAMESPACE.match(namespace):
+                raise ValueError(
+                    f"{namespace[:64]!r} is not a namespace name: expected "
+                    "comma-separated lowercase letters, digits and '-'"
+                )
+        return value
+
+    @field_validator("llm_proxy_url", "prometheus_url", "alertmanager_url")
     @classmethod
     def _check_llm_url(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith(("http://", "https://")):
@@ -275,8 +575,31 @@ class Settings(BaseSettings):
             return self.metrics_port
         return DEFAULT_METRICS_PORTS[service]
 
+    def discovery_namespaces(self) -> list[str]:
+        """Namespaces of TARGET_DISCOVERY_NAMESPACES, empty when discovery is off."""
+        return _split_namespaces(self.target_discovery_namespaces)
+
     def webhook_auth_configured(self) -> bool:
         return bool(self.webhook_bearer_token or self.webhook_basic_auth_username)
+
+
+def parse_api_tokens(text: str) -> dict[str, str]:
+    """Parse name:token pairs into {token: name}; raise ValueError when malformed."""
+    tokens: dict[str, str] = {}
+    for number, pair in enumerate(text.split(","), start=1):
+        name, sep, token = pair.strip().partition(":")
+        if not sep or not name.strip() or len(token.strip()) < 8:
+            raise ValueError(
+                f"pair {number} is not name:token with a token of at least 8 characters"
+            )
+        if token.strip() in tokens or name.strip() in tokens.values():
+            raise ValueError(f"pair {number} repeats a name or a token")
+        tokens[token.strip()] = name.strip()
+    return tokens
+
+
+def _split_namespaces(value: str | None) -> list[str]:
+    return [part.strip() for part in (value or "").split(",") if part.strip()]
 
 
 SECRET_FIELDS = frozenset(
