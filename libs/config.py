@@ -188,7 +188,16 @@ class Settings(BaseSettings):
         "is published instead; the model's verdict is still cached.",
     )
     pipeline_concurrency: int = Field(
-        8, ge=1, le=256, description="Work items one gateway processes at once."
+        4,
+        ge=1,
+        le=64,
+        description="Batches of work items one gateway processes at once.",
+    )
+    pipeline_batch_size: int = Field(
+        64,
+        ge=1,
+        le=1000,
+        description="Work items leased and classified together in one batch.",
     )
     pipeline_poll_seconds: float = Field(
         1.0, gt=0, description="Seconds between polls of the work queue."

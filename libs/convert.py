@@ -48,6 +48,7 @@ def classification(verdict: alert_pb2.Classification) -> dict[str, Any]:
             verdict.processing_time.ToTimedelta().total_seconds(), 4
         ),
         "classified_at": time_text(verdict, "classified_at"),
+        "tokens": verdict.tokens,
     }
 
 

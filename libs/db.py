@@ -27,6 +27,7 @@ import asyncpg
 
 from libs.config import Settings
 from libs.errors import UnavailableError
+from libs.telemetry import database_span
 
 Dialect = Literal["postgresql", "sqlite"]
 Row = Any  # asyncpg.Record or sqlite3.Row: both index by column name
@@ -79,10 +80,11 @@ class Connection:
         return query
 
     async def fetch(self, query: str, *args: Any) -> list[Row]:
-        if self.dialect == "postgresql":
-            return list(await self._raw.fetch(query, *args))
-        async with self._raw.execute(self._sql(query), args) as cursor:
-            return list(await cursor.fetchall())
+        with database_span(self.dialect, query):
+            if self.dialect == "postgresql":
+                return list(await self._raw.fetch(query, *args))
+            async with self._raw.execute(self._sql(query), args) as cursor:
+                return list(await cursor.fetchall())
 
     async def fetchrow(self, query: str, *args: Any) -> Row | None:
         rows = await self.fetch(query, *args)
@@ -94,18 +96,20 @@ class Connection:
 
     async def execute(self, query: str, *args: Any) -> int:
         """Run a statement and return the number of rows it changed."""
-        if self.dialect == "postgresql":
-            status = await self._raw.execute(query, *args)
-            tail = status.rsplit(" ", 1)[-1]
-            return int(tail) if tail.isdigit() else 0
-        async with self._raw.execute(self._sql(query), args) as cursor:
-            return int(cursor.rowcount)
+        with database_span(self.dialect, query):
+            if self.dialect == "postgresql":
+                status = await self._raw.execute(query, *args)
+                tail = status.rsplit(" ", 1)[-1]
+                return int(tail) if tail.isdigit() else 0
+            async with self._raw.execute(self._sql(query), args) as cursor:
+                return int(cursor.rowcount)
 
     async def executemany(self, query: str, rows: Iterable[Sequence[Any]]) -> None:
-        if self.dialect == "postgresql":
-            await self._raw.executemany(query, list(rows))
-        else:
-            await self._raw.executemany(self._sql(query), list(rows))
+        with database_span(self.dialect, query):
+            if self.dialect == "postgresql":
+                await self._raw.executemany(query, list(rows))
+            else:
+                await self._raw.executemany(self._sql(query), list(rows))
 
 
 class Database:

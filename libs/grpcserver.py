@@ -25,6 +25,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
+from libs import telemetry, tls
 from libs.config import Settings
 from libs.errors import (
     AlertHistoryError,
@@ -214,9 +215,13 @@ async def start_service(
     host: str | None = None,
 ) -> RunningService:
     """Start `service` on `port` (0 picks a free one) and report SERVING."""
+    credentials = tls.grpc_server_credentials(settings)
     await service.start()
     server = grpc.aio.server(
-        interceptors=[MetricsInterceptor(ServerMetrics(registry))],
+        interceptors=[
+            MetricsInterceptor(ServerMetrics(registry)),
+            *telemetry.grpc_server_interceptors(),
+        ],
         options=channel_options(settings),
     )
     service.register(server)
@@ -227,7 +232,11 @@ async def start_service(
         server,
     )
     bind_host = host if host is not None else settings.listen_host
-    bound = server.add_insecure_port(f"{bind_host}:{port}")
+    address = f"{bind_host}:{port}"
+    if credentials is None:
+        bound = server.add_insecure_port(address)
+    else:
+        bound = server.add_secure_port(address, credentials)
     if bound == 0:
         raise OSError(f"cannot bind gRPC port {bind_host}:{port}")
     await server.start()
@@ -244,7 +253,11 @@ async def start_service(
     await running.set_serving(True)
     logger.info(
         "service started",
-        extra={"grpc_port": bound, "metrics_port": bound_metrics},
+        extra={
+            "grpc_port": bound,
+            "metrics_port": bound_metrics,
+            "tls": credentials is not None,
+        },
     )
     return running
 

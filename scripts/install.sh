@@ -3,7 +3,8 @@
 #   scripts/install.sh          the product and its Python packages
 #   scripts/install.sh --test   also what the tests need: PostgreSQL and Redis
 #                               (installed and started when absent),
-#                               Alertmanager, Node.js with buf, Helm, test packages
+#                               Alertmanager, Node.js with buf, Helm, Chromium,
+#                               test packages
 # Safe to run again: each step is skipped when its result is already there.
 set -euo pipefail
 
@@ -46,6 +47,9 @@ if $with_tests; then
     command -v prometheus-alertmanager >/dev/null || command -v alertmanager >/dev/null \
         || apt_install prometheus-alertmanager
     command -v npm >/dev/null || apt_install nodejs npm
+    # Headless Chromium and its WebDriver for the dashboard's browser tests.
+    command -v chromium >/dev/null || apt_install chromium chromium-driver
+    command -v chromedriver >/dev/null || apt_install chromium-driver
 
     if ! pg_isready -h 127.0.0.1 -p 5432 -q; then
         cluster=$(ls /etc/postgresql | sort -V | tail -n 1)

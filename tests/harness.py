@@ -26,7 +26,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
 ALERTMANAGER_BINARIES = ("prometheus-alertmanager", "alertmanager")
-GRPC_SERVICES = ("history", "classifier", "publisher")
+GRPC_SERVICES = ("history", "classifier", "publisher", "recommender")
 
 
 def free_port() -> int:
@@ -186,6 +186,7 @@ class Mesh:
             "HISTORY_ADDR": f"127.0.0.1:{self.ports['history']}",
             "CLASSIFIER_ADDR": f"127.0.0.1:{self.ports['classifier']}",
             "PUBLISHER_ADDR": f"127.0.0.1:{self.ports['publisher']}",
+            "RECOMMENDER_ADDR": f"127.0.0.1:{self.ports['recommender']}",
             **env,
         }
         self.processes: dict[str, Process] = {}
@@ -231,7 +232,7 @@ class Mesh:
         return status == 200
 
     def stop(self) -> None:
-        for name in ("gateway", "publisher", "classifier", "history"):
+        for name in ("gateway", "recommender", "publisher", "classifier", "history"):
             process = self.processes.get(name)
             if process is not None and process.alive():
                 process.stop()

@@ -1,8 +1,8 @@
 """The whole mesh in one event loop: every service on port 0, for fast tests.
 
-`InProcessMesh` starts history, classifier and publisher with the shared
-server skeleton and the gateway with its HTTP server, each on a free
-127.0.0.1 port, with a fake model server and a local receiver as the
+`InProcessMesh` starts history, classifier, publisher and recommender with
+the shared server skeleton and the gateway with its HTTP server, each on a
+free 127.0.0.1 port, with a fake model server and a local receiver as the
 publishing targets' endpoint. Tests talk to the gateway over real HTTP and
 the gateway to the services over real gRPC.
 """
@@ -24,6 +24,7 @@ from services.classifier.service import create_service as create_classifier
 from services.gateway.server import RunningGateway, start_gateway
 from services.history.service import create_service as create_history
 from services.publisher.service import create_service as create_publisher
+from services.recommender.service import create_service as create_recommender
 from tests.fakes.llm import FakeLLM
 from tests.fakes.receiver import Receiver
 
@@ -67,14 +68,17 @@ class InProcessMesh:
         await self.llm.start()
         await self.receiver.start()
         env = self._environment()
-        base = load_settings(env)
         factories: dict[str, Callable[[Settings, CollectorRegistry], Any]] = {
             "history": create_history,
             "classifier": create_classifier,
             "publisher": create_publisher,
+            "recommender": create_recommender,
         }
         addresses: dict[str, str] = {}
         for name, factory in factories.items():
+            # Each service sees the addresses of those started before it, so
+            # the classifier reads alert history from this mesh's history.
+            base = load_settings({**env, **addresses})
             registry = CollectorRegistry()
             running = await start_service(
                 factory(base, registry), base, registry, port=0, host="127.0.0.1"

@@ -1,23 +1,30 @@
 """Cache of model verdicts, keyed by what decides a verdict.
 
-`VerdictCache` is the interface the classifier uses; `MemoryVerdictCache` is
-an in-process LRU with a TTL. A cache shared across replicas (Redis) can
-implement the same three methods and store `ModelVerdict.to_json()`.
+`VerdictCache` is the interface the classifier uses. `MemoryVerdictCache` is
+an in-process LRU; `RedisVerdictCache` shares verdicts between replicas and
+stores `ModelVerdict.to_json()` under `{prefix}verdict:{key}`. Every entry
+expires after the TTL given when it was set.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Protocol
 
-from services.classifier.llm import ModelVerdict
+import redis.asyncio as redis
+
+from services.classifier.reply import ModelVerdict
+
+logger = logging.getLogger(__name__)
 
 KEY_VERSION = "v1"
+LOG_INTERVAL_SECONDS = 60.0
 
 # Labels that differ between replicas or restarts of the same alert without
 # changing what it means: Prometheus HA replica labels and per-process ids.
@@ -48,23 +55,29 @@ class VerdictCache(Protocol):
 
     async def get(self, key: str) -> ModelVerdict | None: ...
 
-    async def set(self, key: str, verdict: ModelVerdict) -> None: ...
+    async def set(self, key: str, verdict: ModelVerdict, ttl_seconds: float) -> None:
+        """Store `verdict` for `ttl_seconds`; a TTL of 0 or less stores nothing."""
 
     async def close(self) -> None: ...
 
 
 def cache_key(
-    labels: Mapping[str, str], annotations: Mapping[str, str], model: str
+    labels: Mapping[str, str],
+    annotations: Mapping[str, str],
+    model: str,
+    prompt: str = "",
 ) -> str:
     """Return the cache key of an alert's verdict from `model`.
 
     The key is "v1:" and the SHA-256 of a JSON document with the model name,
-    the alertname, every label except `VOLATILE_LABELS`, and every annotation
-    with hex ids and digit runs replaced by "#". Values that change between
-    repeat notifications, such as "CPU at 93%", therefore keep the key.
+    the prompt's version (`prompt.prompt_version`), the alertname, every label
+    except `VOLATILE_LABELS`, and every annotation with hex ids and digit runs
+    replaced by "#". Values that change between repeat notifications, such as
+    "CPU at 93%", therefore keep the key.
     """
     document = {
         "model": model,
+        "prompt": prompt,
         "alertname": labels.get("alertname", ""),
         "labels": sorted(
             (name, value)
@@ -86,18 +99,13 @@ def normalize_annotation(value: str) -> str:
 
 
 class MemoryVerdictCache:
-    """In-process LRU cache whose entries expire `ttl_seconds` after being set.
-
-    A TTL of 0 disables it: `set` stores nothing.
-    """
+    """In-process LRU cache of at most `max_entries` verdicts."""
 
     def __init__(
         self,
-        ttl_seconds: float,
         max_entries: int,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._ttl = ttl_seconds
         self._max_entries = max_entries
         self._clock = clock
         self._entries: OrderedDict[str, tuple[float, ModelVerdict]] = OrderedDict()
@@ -116,13 +124,71 @@ class MemoryVerdictCache:
         self._entries.move_to_end(key)
         return verdict
 
-    async def set(self, key: str, verdict: ModelVerdict) -> None:
-        if self._ttl <= 0:
+    async def set(self, key: str, verdict: ModelVerdict, ttl_seconds: float) -> None:
+        if ttl_seconds <= 0:
             return
-        self._entries[key] = (self._clock() + self._ttl, verdict)
+        self._entries[key] = (self._clock() + ttl_seconds, verdict)
         self._entries.move_to_end(key)
         while len(self._entries) > self._max_entries:
             self._entries.popitem(last=False)
 
     async def close(self) -> None:
         self._entries.clear()
+
+
+class RedisVerdictCache:
+    """Verdicts shared by every replica that uses the same Redis and prefix.
+
+    While Redis fails, lookups miss and stores are skipped, with a warning at
+    most once a minute. An entry that does not decode is a miss too.
+    """
+
+    def __init__(self, client: redis.Redis, prefix: str) -> None:
+        self.client = client
+        self.prefix = prefix
+        self._last_log = 0.0
+
+    def redis_key(self, key: str) -> str:
+        return f"{self.prefix}verdict:{key}"
+
+    async def get(self, key: str) -> ModelVerdict | None:
+        try:
+            raw = await self.client.get(self.redis_key(key))
+        except redis.RedisError as exc:
+            self._log_error(exc)
+            return None
+        if raw is None:
+            return None
+        return decode_verdict(raw)
+
+    async def set(self, key: str, verdict: ModelVerdict, ttl_seconds: float) -> None:
+        milliseconds = int(ttl_seconds * 1000)
+        if milliseconds <= 0:
+            return
+        try:
+            await self.client.set(
+                self.redis_key(key), verdict.to_json(), px=milliseconds
+            )
+        except redis.RedisError as exc:
+            self._log_error(exc)
+
+    async def close(self) -> None:
+        """Leave the client open: its owner closes it."""
+
+    def _log_error(self, exc: Exception) -> None:
+        now = time.monotonic()
+        if now - self._last_log < LOG_INTERVAL_SECONDS:
+            return
+        self._last_log = now
+        logger.warning("cannot use the redis verdict cache", extra={"error": repr(exc)})
+
+
+def decode_verdict(raw: str | bytes) -> ModelVerdict | None:
+    """Decode a stored verdict, or return None (and log) when it is malformed."""
+    try:
+        return ModelVerdict.from_json(raw)
+    except (ValueError, KeyError, TypeError) as exc:
+        logger.warning(
+            "ignoring a malformed cached verdict", extra={"error": repr(exc)}
+        )
+        return None

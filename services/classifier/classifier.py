@@ -1,17 +1,23 @@
-"""Classification of alerts: cache, model, time budget, rules fallback, floor.
+"""Classification of alerts: cache, model, time budget, fallbacks, floor.
 
 For each alert `Classifier.classify` returns, in order of preference:
 
 - a cached model verdict (source CACHE);
 - a fresh model verdict (source MODEL) when it arrives within the budget;
+- when the model failed or was too slow, the last model verdict stored for
+  the alert (source LAST_KNOWN), from the history service's context or from
+  the cache, with the failure's `fallback_reason`;
 - the deterministic rules' verdict (source RULES) with a `fallback_reason`
   when no model is configured, the mode is transparent, or the model failed
-  or was too slow.
+  and no last verdict is known.
 
 A model call that outlives the budget keeps running in the background and
-caches its verdict for the next request. Concurrent requests with the same
-cache key share one model call. A model verdict never lowers an alert whose
-own severity is critical (see `Settings.classifier_severity_floor`).
+caches its verdict for the next request. It ends, retries included, at the
+later of the request's deadline and LLM_TIMEOUT_SECONDS after it started.
+Concurrent requests with the same cache key share one model call, across
+replicas too when a `Flight` coordinates them. A model verdict never lowers
+an alert whose own severity is critical (see
+`Settings.classifier_severity_floor`).
 """
 
 from __future__ import annotations
@@ -19,9 +25,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -32,8 +38,24 @@ from alerthistory.classifier.v1 import classifier_pb2
 from libs.config import Settings
 from libs.errors import InvalidInputError
 from services.classifier.cache import VerdictCache, cache_key
+from services.classifier.context import AlertContext, ContextSource
+from services.classifier.flight import Flight
 from services.classifier.injection import has_instruction_like_text
-from services.classifier.llm import ModelFailure, ModelVerdict, alert_payload
+from services.classifier.prompt import (
+    NO_CONTEXT,
+    Messages,
+    PromptTemplate,
+    Redaction,
+    prompt_version,
+)
+from services.classifier.reply import (
+    MAX_REASONING_CHARS,
+    MAX_RECOMMENDATION_CHARS,
+    MAX_RECOMMENDATIONS,
+    ModelFailure,
+    ModelVerdict,
+    clean_text,
+)
 from services.classifier.rules import (
     RulesFunction,
     RuleVerdict,
@@ -44,6 +66,9 @@ from services.classifier.rules import (
 logger = logging.getLogger(__name__)
 
 CACHE_TYPE = "classification"
+LAST_KNOWN_CACHE_TYPE = "last_known"
+# Cache entries that keep a model verdict for LAST_KNOWN after its TTL ends.
+LAST_KNOWN_KEY_PREFIX = "last:"
 # Each pending model call keeps its alert payload in memory, so this bounds
 # memory while the model is slow or down.
 DEFAULT_MAX_PENDING = 1000
@@ -62,17 +87,36 @@ SOURCE_NAMES = {
 }
 # Rules steps that read the alert's own severity. Only these trigger the floor.
 DECLARED_SEVERITY_RULES = frozenset({"severity_label", "severity_annotation"})
+# Stored verdicts whose `model_severity` is a model's own severity.
+MODEL_SOURCES = frozenset(
+    {
+        alert_pb2.VERDICT_SOURCE_MODEL,
+        alert_pb2.VERDICT_SOURCE_CACHE,
+        alert_pb2.VERDICT_SOURCE_LAST_KNOWN,
+    }
+)
+MODEL_SEVERITIES = {value: severity for severity, value in SEVERITY_VALUES.items()}
+
+# Failures that skip the model on purpose. They repeat for every alert while
+# they last, so they are logged at DEBUG; the breaker logs its state changes
+# and alert_history_llm_requests_total counts them.
+QUIET_REASONS = frozenset({"circuit_open", "spend_limit"})
 
 FLAG_SEVERITY_FLOOR = "severity_floor"
 FLAG_INSTRUCTION_LIKE_TEXT = "instruction_like_text"
 
 
 class ModelClient(Protocol):
-    """A model that classifies one alert payload or raises ModelFailure."""
+    """A model that classifies one alert's messages or raises ModelFailure.
+
+    `deadline` is on the event loop's clock: no request may start after it.
+    """
 
     model: str
 
-    async def classify(self, alert: Mapping[str, Any]) -> ModelVerdict: ...
+    async def classify(
+        self, messages: Messages, deadline: float | None = None
+    ) -> ModelVerdict: ...
 
     async def close(self) -> None: ...
 
@@ -115,12 +159,26 @@ class _Inspection:
     flags: tuple[str, ...]
 
 
+@dataclass
+class _Flight:
+    """A model call shared by the requests for one cache key in this process.
+
+    `context` is set once the alert's history has been read, so requests
+    whose budget ran out can still serve its last verdict.
+    """
+
+    task: asyncio.Task[ModelVerdict | ModelFailure] | None = None
+    context: AlertContext | None = None
+
+
 class Classifier:
     """Classify alerts with a model when possible and rules otherwise.
 
     `max_pending` bounds the model calls queued or running at once, background
     calls included. Beyond it, alerts that need a new model call get the rules'
-    verdict with reason `overloaded`.
+    verdict with reason `overloaded`. `context` supplies the alert's history
+    for the prompt and its last verdict; `flight` shares model calls with
+    other replicas.
     """
 
     def __init__(
@@ -132,6 +190,10 @@ class Classifier:
         *,
         rules: RulesFunction = classify_by_rules,
         max_pending: int = DEFAULT_MAX_PENDING,
+        template: PromptTemplate | None = None,
+        redaction: Redaction | None = None,
+        context: ContextSource | None = None,
+        flight: Flight | None = None,
     ) -> None:
         self._settings = settings
         self._metrics = metrics
@@ -139,8 +201,13 @@ class Classifier:
         self._model = model
         self._rules = rules
         self._max_pending = max_pending
+        self._template = template or PromptTemplate()
+        self._redaction = redaction or Redaction.from_settings(settings)
+        self._prompt_version = prompt_version(self._template, self._redaction)
+        self._context = context
+        self._flight = flight
         self._model_slots = asyncio.Semaphore(settings.classifier_concurrency)
-        self._inflight: dict[str, asyncio.Task[ModelVerdict | ModelFailure]] = {}
+        self._inflight: dict[str, _Flight] = {}
 
     @property
     def pending_model_calls(self) -> int:
@@ -187,11 +254,11 @@ class Classifier:
     async def wait_for_pending(self) -> None:
         """Wait until every background model call has finished."""
         while self._inflight:
-            await asyncio.gather(*self._inflight.values(), return_exceptions=True)
+            await asyncio.gather(*self._pending_tasks(), return_exceptions=True)
 
     async def close(self) -> None:
-        """Cancel background model calls and release the model and the cache."""
-        tasks = list(self._inflight.values())
+        """Cancel background calls; release the model, the cache and the context."""
+        tasks = self._pending_tasks()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -199,6 +266,11 @@ class Classifier:
         if self._model is not None:
             await self._model.close()
         await self._cache.close()
+        if self._context is not None:
+            await self._context.close()
+
+    def _pending_tasks(self) -> list[asyncio.Task[ModelVerdict | ModelFailure]]:
+        return [f.task for f in self._inflight.values() if f.task is not None]
 
     def _deadline(self, budget_seconds: float | None) -> float:
         budget = budget_seconds
@@ -234,17 +306,26 @@ class Classifier:
             failure = ModelFailure("no_model", "no model is configured")
             return self._record(_from_rules(inspection, failure, started), alert)
 
-        key = cache_key(alert.labels, alert.annotations, self._model.model)
-        cached = await self._cache_get(key)
+        key = cache_key(
+            alert.labels, alert.annotations, self._model.model, self._prompt_version
+        )
+        cached = await self._cache_get(key, CACHE_TYPE)
         if cached is not None:
-            result = self._from_model(inspection, cached, started, from_cache=True)
+            source = alert_pb2.VERDICT_SOURCE_CACHE
+            result = self._from_model(inspection, cached, started, source)
             return self._record(result, alert)
 
-        outcome = await self._ask_model(key, alert, deadline)
-        if isinstance(outcome, ModelFailure):
-            result = _from_rules(inspection, outcome, started)
-        else:
-            result = self._from_model(inspection, outcome, started, from_cache=False)
+        outcome, flight = await self._ask_model(key, alert, deadline)
+        if isinstance(outcome, ModelVerdict):
+            source = alert_pb2.VERDICT_SOURCE_MODEL
+            result = self._from_model(inspection, outcome, started, source)
+            return self._record(result, alert)
+
+        last = await self._last_known(key, flight)
+        if last is None:
+            return self._record(_from_rules(inspection, outcome, started), alert)
+        source = alert_pb2.VERDICT_SOURCE_LAST_KNOWN
+        result = self._from_model(inspection, last, started, source, outcome)
         return self._record(result, alert)
 
     def _inspect(self, alert: alert_pb2.Alert) -> _Inspection:
@@ -253,76 +334,159 @@ class Classifier:
             flags = (FLAG_INSTRUCTION_LIKE_TEXT,)
         return _Inspection(self._rules(alert.labels, alert.annotations), flags)
 
-    async def _cache_get(self, key: str) -> ModelVerdict | None:
+    async def _cache_get(self, key: str, cache_type: str) -> ModelVerdict | None:
         try:
             cached = await self._cache.get(key)
         except Exception as exc:
             logger.warning("cache lookup failed", extra={"error": repr(exc)})
             cached = None
         counter = self._metrics.cache_hits if cached else self._metrics.cache_misses
-        counter.labels(CACHE_TYPE).inc()
+        counter.labels(cache_type).inc()
         return cached
 
     async def _ask_model(
         self, key: str, alert: alert_pb2.Alert, deadline: float
-    ) -> ModelVerdict | ModelFailure:
-        task = self._inflight.get(key)
-        if task is None:
+    ) -> tuple[ModelVerdict | ModelFailure, _Flight | None]:
+        flight = self._inflight.get(key)
+        if flight is None:
             if len(self._inflight) >= self._max_pending:
-                return ModelFailure("overloaded", "too many model calls pending")
-            payload = alert_payload(alert.labels, alert.annotations)
-            task = asyncio.create_task(self._call_model(key, payload, alert))
-            self._inflight[key] = task
-            task.add_done_callback(lambda done: self._forget(key, done))
+                failure = ModelFailure("overloaded", "too many model calls pending")
+                return failure, None
+            flight = _Flight()
+            task = asyncio.create_task(self._call_model(key, alert, flight, deadline))
+            flight.task = task
+            self._inflight[key] = flight
+            task.add_done_callback(lambda done: self._forget(key, flight))
 
+        assert flight.task is not None
         remaining = deadline - asyncio.get_running_loop().time()
         try:
-            return await asyncio.wait_for(asyncio.shield(task), max(0.0, remaining))
+            outcome = await asyncio.wait_for(
+                asyncio.shield(flight.task), max(0.0, remaining)
+            )
         except TimeoutError:
             logger.info(
-                "model missed the budget, using the rules",
+                "model missed the budget, using a fallback",
                 extra={"fingerprint": alert.fingerprint},
             )
-            return ModelFailure("timeout", "model did not answer within the budget")
+            outcome = ModelFailure("timeout", "model did not answer within the budget")
+        return outcome, flight
 
-    def _forget(self, key: str, task: asyncio.Task[Any]) -> None:
-        if self._inflight.get(key) is task:
+    def _forget(self, key: str, flight: _Flight) -> None:
+        if self._inflight.get(key) is flight:
             del self._inflight[key]
 
     async def _call_model(
-        self, key: str, payload: Mapping[str, Any], alert: alert_pb2.Alert
+        self, key: str, alert: alert_pb2.Alert, flight: _Flight, deadline: float
     ) -> ModelVerdict | ModelFailure:
-        assert self._model is not None
-        try:
+        """Read the alert's history, then ask the model, once across peers.
+
+        The call may outlive the request's deadline to cache its verdict,
+        until LLM_TIMEOUT_SECONDS after it started.
+        """
+        loop = asyncio.get_running_loop()
+        call_deadline = max(deadline, loop.time() + self._settings.llm_timeout_seconds)
+        flight.context = await self._read_context(alert, deadline)
+        messages = self._messages(alert, flight.context)
+
+        async def call() -> ModelVerdict:
+            assert self._model is not None
             async with self._model_slots:
-                verdict = await self._model.classify(payload)
+                verdict = await self._model.classify(messages, call_deadline)
+            await self._store(key, verdict)
+            return verdict
+
+        try:
+            if self._flight is None:
+                return await call()
+            return await self._flight.run(key, call, call_deadline)
         except ModelFailure as failure:
-            logger.warning(
-                "model gave no verdict, using the rules",
+            level = (
+                logging.DEBUG if failure.reason in QUIET_REASONS else logging.WARNING
+            )
+            logger.log(
+                level,
+                "model gave no verdict, using a fallback",
                 extra={"fingerprint": alert.fingerprint, "error": failure.reason},
             )
             return failure
         except Exception as exc:
             logger.error(
-                "model call raised an unexpected error, using the rules",
+                "model call raised an unexpected error, using a fallback",
                 extra={"fingerprint": alert.fingerprint, "error": repr(exc)},
             )
             return ModelFailure("internal_error", "model call failed")
 
+    async def _read_context(
+        self, alert: alert_pb2.Alert, deadline: float
+    ) -> AlertContext | None:
+        if self._context is None:
+            return None
+        remaining = deadline - asyncio.get_running_loop().time()
+        wait = min(self._settings.classifier_context_timeout_seconds, remaining)
         try:
-            await self._cache.set(key, verdict)
+            return await self._context.get(alert.fingerprint, wait)
         except Exception as exc:
-            logger.warning("cache store failed", extra={"error": repr(exc)})
-        return verdict
+            logger.warning(
+                "alert history lookup failed",
+                extra={"fingerprint": alert.fingerprint, "error": repr(exc)},
+            )
+            return None
+
+    def _messages(
+        self, alert: alert_pb2.Alert, context: AlertContext | None
+    ) -> Messages:
+        payload = self._redaction.payload(alert.labels, alert.annotations)
+        history = NO_CONTEXT if context is None else context.prompt_data()
+        return self._template.messages(payload, history)
+
+    async def _store(self, key: str, verdict: ModelVerdict) -> None:
+        entries = (
+            (key, self._settings.classification_cache_ttl_seconds),
+            (
+                LAST_KNOWN_KEY_PREFIX + key,
+                self._settings.classifier_last_known_max_age_seconds,
+            ),
+        )
+        for entry_key, ttl in entries:
+            try:
+                await self._cache.set(entry_key, verdict, ttl)
+            except Exception as exc:
+                logger.warning("cache store failed", extra={"error": repr(exc)})
+
+    async def _last_known(
+        self, key: str, flight: _Flight | None
+    ) -> ModelVerdict | None:
+        """Return the alert's last model verdict, if one is recent enough.
+
+        The history service's latest classification of the fingerprint comes
+        first, then the cache's copy of the last verdict for this cache key.
+        """
+        max_age = self._settings.classifier_last_known_max_age_seconds
+        if max_age <= 0:
+            return None
+        context = flight.context if flight is not None else None
+        if context is not None and context.last_classification is not None:
+            stored = _stored_verdict(context.last_classification, max_age)
+            if stored is not None:
+                self._metrics.cache_hits.labels(LAST_KNOWN_CACHE_TYPE).inc()
+                return stored
+        return await self._cache_get(LAST_KNOWN_KEY_PREFIX + key, LAST_KNOWN_CACHE_TYPE)
 
     def _from_model(
         self,
         inspection: _Inspection,
         verdict: ModelVerdict,
         started: float,
-        *,
-        from_cache: bool,
+        source: alert_pb2.VerdictSource,
+        failure: ModelFailure | None = None,
     ) -> alert_pb2.Classification:
+        """Build the classification from a model verdict, after the floor.
+
+        Only the verdict's severity, confidence, reasoning, recommendations
+        and model name are used. With a `failure`, the verdict is a stored
+        one and the failure's reason and tokens are kept.
+        """
         severity = verdict.severity
         confidence = verdict.confidence
         reasoning = verdict.reasoning
@@ -337,11 +501,7 @@ class Classifier:
             )
             flags.append(FLAG_SEVERITY_FLOOR)
 
-        source = (
-            alert_pb2.VERDICT_SOURCE_CACHE
-            if from_cache
-            else alert_pb2.VERDICT_SOURCE_MODEL
-        )
+        tokens = verdict.tokens if source == alert_pb2.VERDICT_SOURCE_MODEL else 0
         return alert_pb2.Classification(
             severity=SEVERITY_VALUES[severity],
             confidence=confidence,
@@ -353,6 +513,9 @@ class Classifier:
             model_severity=SEVERITY_VALUES[verdict.severity],
             flags=flags,
             classified_at=_now(),
+            fallback_reason=failure.reason if failure is not None else "",
+            refusal=failure.refusal if failure is not None else "",
+            tokens=failure.tokens if failure is not None else tokens,
         )
 
     def _floor_applies(self, rules: RuleVerdict, model_severity: Severity) -> bool:
@@ -416,6 +579,36 @@ def _from_rules(
         flags=list(inspection.flags),
         refusal=failure.refusal,
         classified_at=_now(),
+        tokens=failure.tokens,
+    )
+
+
+def _stored_verdict(
+    stored: alert_pb2.Classification, max_age_seconds: float
+) -> ModelVerdict | None:
+    """Return the model verdict inside a stored classification, if usable.
+
+    Usable means it came from a model, carries the model's own severity and
+    is at most `max_age_seconds` old. The severity floor is applied again by
+    the caller, against the alert's current labels.
+    """
+    severity = MODEL_SEVERITIES.get(stored.model_severity)
+    if stored.source not in MODEL_SOURCES or severity is None:
+        return None
+    if not stored.HasField("classified_at"):
+        return None
+    age = time.time() - stored.classified_at.ToNanoseconds() / 1e9
+    if age > max_age_seconds:
+        return None
+    return ModelVerdict(
+        severity=severity,
+        confidence=min(1.0, max(0.0, stored.confidence)),
+        reasoning=clean_text(stored.reasoning, MAX_REASONING_CHARS),
+        recommendations=tuple(
+            clean_text(item, MAX_RECOMMENDATION_CHARS)
+            for item in stored.recommendations[:MAX_RECOMMENDATIONS]
+        ),
+        model=stored.model,
     )
 
 

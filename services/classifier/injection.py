@@ -6,15 +6,41 @@ can try to steer the model. A match only adds the `instruction_like_text`
 flag: the verdict is still protected by the JSON encoding of the prompt and
 by the severity floor. The patterns favour recall, so a harmless text such as
 "failed to respond with a valid certificate" is flagged too.
+
+Text is normalised before matching: NFKC folds fullwidth and other
+compatibility forms (fullwidth "SYSTEM" becomes ASCII), invisible format
+characters such as zero-width spaces are removed, and Cyrillic and Greek
+letters that look like Latin ones are mapped to them. Look-alikes outside
+that table, such as mathematical alphanumerics that NFKC does not fold, are
+not caught.
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Mapping
 
 # Only the first characters of each value are scanned, to bound the work.
 MAX_SCANNED_CHARS = 8192
+
+# Cyrillic and Greek letters that render like Latin ones in common fonts,
+# as code points, each string paired position by position with its Latin
+# letters.
+_LOOKALIKES = (
+    ("\u0410\u0412\u0415\u0405\u0406\u0408\u041a\u041c", "ABESIJKM"),
+    ("\u041d\u041e\u0420\u0421\u0422\u0425\u0423", "HOPCTXY"),
+    ("\u0430\u0435\u0456\u0458\u043e\u0440\u0441", "aeijopc"),
+    ("\u0445\u0443\u0455\u0501\u04bb\u04cf", "xysdhl"),
+    ("\u0391\u0392\u0395\u0396\u0397\u0399\u039a", "ABEZHIK"),
+    ("\u039c\u039d\u039f\u03a1\u03a4\u03a5\u03a7", "MNOPTYX"),
+    ("\u03b1\u03b5\u03b9\u03ba\u03bd\u03bf\u03c1", "aeikvop"),
+    ("\u03c4\u03c5\u03c7", "tux"),
+)
+CONFUSABLES = str.maketrans(
+    "".join(source for source, _ in _LOOKALIKES),
+    "".join(latin for _, latin in _LOOKALIKES),
+)
 
 INSTRUCTION_PATTERNS: tuple[re.Pattern[str], ...] = (
     # Attempts to cancel or replace the prompt.
@@ -35,7 +61,8 @@ INSTRUCTION_PATTERNS: tuple[re.Pattern[str], ...] = (
         r"\bclassify\s+(?:this\s+|it\s+|the\s+alert\s+|me\s+)?as\b", re.IGNORECASE
     ),
     re.compile(r"\bset\s+(?:the\s+)?severity\s+to\b", re.IGNORECASE),
-    re.compile(r"\{\s*\\?[\"']severity\\?[\"']\s*:", re.IGNORECASE),
+    # A "severity" key of a JSON object, escaped or not, first or later.
+    re.compile(r"[{,]\s*\\?[\"']severity\\?[\"']\s*:", re.IGNORECASE),
     # Look-alikes of prompt delimiters and chat-template tokens.
     re.compile(
         r"\b(?:end|begin|start)\s+of\s+(?:the\s+)?"
@@ -62,5 +89,13 @@ def has_instruction_like_text(
     return False
 
 
+def normalize(text: str) -> str:
+    """Fold compatibility forms, drop format characters and map look-alikes."""
+    folded = unicodedata.normalize("NFKC", text)
+    visible = "".join(ch for ch in folded if unicodedata.category(ch) != "Cf")
+    return visible.translate(CONFUSABLES)
+
+
 def _matches(text: str) -> bool:
-    return any(pattern.search(text) for pattern in INSTRUCTION_PATTERNS)
+    normalized = normalize(text)
+    return any(pattern.search(normalized) for pattern in INSTRUCTION_PATTERNS)

@@ -1,4 +1,4 @@
-"""Deterministic severity rules, used when no model decides.
+"""Deterministic severity rules, used when no model server decides.
 
 `classify_by_rules` tries these steps in order and the first match wins:
 
@@ -7,12 +7,15 @@
 2. the `severity` label, including common non-standard values such as
    `page`, `ticket` or `p2`;
 3. a `severity` annotation, for rule sets that put it there;
-4. keyword patterns in the alertname and the summary (Down, CrashLoop, ...);
-5. otherwise warning, with a low confidence.
+4. the linear text model of `learned.py`, trained on public alerting rules,
+   which reads the alertname, the other labels and the annotations;
+5. keyword patterns in the alertname and the summary (Down, CrashLoop, ...),
+   only when the model file cannot be read or no word or label of the alert
+   supports the model's guess;
+6. otherwise warning, with a low confidence.
 
-Every step is a table, so extending the rules means adding a row. A learned
-classifier can replace this module as long as it keeps the `RulesFunction`
-signature.
+`classify_by_keywords` is the same with step 4 left out. Every step but the
+model is a table, so extending the rules means adding a row.
 """
 
 from __future__ import annotations
@@ -20,16 +23,20 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from enum import StrEnum
 
+from services.classifier.learned import LinearModel, shipped_model, split_words
+from services.classifier.severity import Severity
 
-class Severity(StrEnum):
-    """The four classes a verdict assigns, as the model names them."""
-
-    CRITICAL = "critical"
-    WARNING = "warning"
-    INFO = "info"
-    NOISE = "noise"
+__all__ = [
+    "RuleVerdict",
+    "RulesFunction",
+    "Severity",
+    "classify_by_keywords",
+    "classify_by_rules",
+    "declared_severity",
+    "is_noise_alertname",
+    "split_words",
+]
 
 
 @dataclass(frozen=True)
@@ -40,7 +47,7 @@ class RuleVerdict:
     confidence: float
     reasoning: str
     # The step that decided: noise_alertname, severity_label,
-    # severity_annotation, name_pattern or default.
+    # severity_annotation, learned_model, name_pattern or default.
     rule: str
 
 
@@ -168,14 +175,47 @@ ANNOTATION_CONFIDENCE = 0.8
 PATTERN_CONFIDENCE = 0.6
 DEFAULT_CONFIDENCE = 0.3
 
-_CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
-_NON_WORD = re.compile(r"[^0-9A-Za-z]+")
-
 
 def classify_by_rules(
+    labels: Mapping[str, str],
+    annotations: Mapping[str, str],
+    *,
+    model: LinearModel | None = None,
+) -> RuleVerdict:
+    """Classify an alert from its labels and annotations alone.
+
+    `model` replaces the shipped model, for evaluating one trained on part
+    of a corpus.
+    """
+    declared = _declared_verdict(labels, annotations)
+    if declared is not None:
+        return declared
+
+    model = model or shipped_model()
+    if model is not None:
+        verdict = _classify_by_model(labels, annotations, model)
+        if verdict is not None:
+            return verdict
+    return _classify_by_name(
+        labels.get("alertname", ""), annotations.get("summary", "")
+    )
+
+
+def classify_by_keywords(
     labels: Mapping[str, str], annotations: Mapping[str, str]
 ) -> RuleVerdict:
-    """Classify an alert from its labels and annotations alone."""
+    """Classify an alert with the rules' tables only, never the learned model."""
+    declared = _declared_verdict(labels, annotations)
+    if declared is not None:
+        return declared
+    return _classify_by_name(
+        labels.get("alertname", ""), annotations.get("summary", "")
+    )
+
+
+def _declared_verdict(
+    labels: Mapping[str, str], annotations: Mapping[str, str]
+) -> RuleVerdict | None:
     alertname = labels.get("alertname", "").strip()
     if is_noise_alertname(alertname):
         return RuleVerdict(
@@ -211,8 +251,7 @@ def classify_by_rules(
             f'annotation is "{annotation_value}".',
             "severity_annotation",
         )
-
-    return _classify_by_name(alertname, annotations.get("summary", ""))
+    return None
 
 
 def declared_severity(
@@ -235,10 +274,27 @@ def is_noise_alertname(alertname: str) -> bool:
     return any(pattern.fullmatch(alertname) for pattern in NOISE_ALERTNAMES)
 
 
-def split_words(name: str) -> str:
-    """Split a CamelCase or snake_case name into lowercase words."""
-    spaced = _CAMEL_BOUNDARY.sub(" ", name)
-    return _NON_WORD.sub(" ", spaced).strip().lower()
+def _classify_by_model(
+    labels: Mapping[str, str], annotations: Mapping[str, str], model: LinearModel
+) -> RuleVerdict | None:
+    prediction = model.predict(labels, annotations)
+    if not prediction.top_features:
+        return None
+    return RuleVerdict(
+        prediction.severity,
+        round(prediction.probability, 3),
+        "The alert has no severity label, and a linear model learned from "
+        f"public alerting rules rates it {prediction.severity.value} with "
+        f"probability {prediction.probability:.2f}, mostly because of "
+        f"{_join(prediction.top_features)}.",
+        "learned_model",
+    )
+
+
+def _join(items: tuple[str, ...]) -> str:
+    if len(items) == 1:
+        return items[0]
+    return ", ".join(items[:-1]) + " and " + items[-1]
 
 
 def _classify_by_name(alertname: str, summary: str) -> RuleVerdict:

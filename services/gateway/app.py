@@ -27,12 +27,14 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from alerthistory.alert.v1 import alert_pb2
 from alerthistory.history.v1 import history_pb2
+from libs import telemetry
 from libs.alerts import STATUS_NAMES, parse_notification
 from libs.batching import split_by_size
 from libs.clients import ServiceClients
 from libs.config import Settings
 from libs.errors import AlertHistoryError, InvalidInputError
 from services.gateway import (
+    dashboard,
     routes_classify,
     routes_history,
     routes_publishing,
@@ -159,6 +161,9 @@ async def _webhook_response(
         logger.info("webhook rejected", extra={"error": reason})
         return json_error(400, reason)
 
+    telemetry.annotate_current_span(
+        receiver=notification.receiver, group_key=notification.group_key
+    )
     try:
         stored = await store_notification(request.app, notification, enqueue_work)
     except InvalidInputError as exc:
@@ -210,7 +215,9 @@ async def store_notification(
         part.alerts.extend(chunk)
         response = await clients.history.StoreNotification(
             history_pb2.StoreNotificationRequest(
-                notification=part, enqueue_work=enqueue_work
+                notification=part,
+                enqueue_work=enqueue_work,
+                trace_context=telemetry.inject_context(),
             ),
             timeout=STORE_DEADLINE,
         )
@@ -326,7 +333,11 @@ def create_app(
     # The body limit is enforced while reading (413); aiohttp's own limit only
     # has to stay out of the way.
     app = web.Application(
-        middlewares=[access_middleware(AccessMetrics(registry)), error_middleware],
+        middlewares=[
+            telemetry.http_server_middleware(),
+            access_middleware(AccessMetrics(registry)),
+            error_middleware,
+        ],
         client_max_size=settings.webhook_max_body_bytes + 1,
     )
     app[SETTINGS_KEY] = settings
@@ -349,6 +360,7 @@ def create_app(
         routes_publishing,
         routes_history,
         routes_recommendations,
+        dashboard,
     ):
         area.add_routes(app)
     app.router.add_get("/audit", list_audit)

@@ -27,6 +27,7 @@ from alerthistory.alert.v1 import alert_pb2
 from alerthistory.classifier.v1 import classifier_pb2
 from alerthistory.history.v1 import history_pb2
 from alerthistory.publisher.v1 import publisher_pb2
+from libs import telemetry
 from libs.batching import split_by_size
 from libs.clients import ServiceClients
 from libs.config import Settings
@@ -89,7 +90,6 @@ class Pipeline:
         self.metrics = PipelineMetrics(registry)
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
         self._wake = asyncio.Event()
-        self._slots = asyncio.Semaphore(settings.pipeline_concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -102,7 +102,7 @@ class Pipeline:
         self._wake.set()
 
     async def stop(self, grace: float) -> None:
-        """Stop leasing and give in-flight items `grace` seconds to finish.
+        """Stop leasing and give in-flight batches `grace` seconds to finish.
 
         Items still running after that keep their lease until it runs out,
         then another gateway takes them over.
@@ -136,43 +136,68 @@ class Pipeline:
         self._wake.clear()
 
     async def _lease_batch(self) -> int:
-        free = self.settings.pipeline_concurrency - len(self._tasks)
-        if free <= 0:
+        if len(self._tasks) >= self.settings.pipeline_concurrency:
             await self._wait_for_wake()
             return 0
         response = await self.clients.history.LeaseWork(
             history_pb2.LeaseWorkRequest(
                 owner=self.owner,
-                max_items=free,
+                max_items=self.settings.pipeline_batch_size,
                 lease_seconds=self.settings.work_lease_seconds,
             ),
             timeout=LEASE_DEADLINE,
         )
-        for item in response.items:
-            task = asyncio.create_task(self._process_guarded(item))
+        if response.items:
+            task = asyncio.create_task(self._process_batch(list(response.items)))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         return len(response.items)
 
-    async def _process_guarded(self, item: history_pb2.WorkItem) -> None:
+    async def _process_batch(self, items: list[history_pb2.WorkItem]) -> None:
+        """Classify and record a batch together, then publish each item."""
         started = time.perf_counter()
-        waited = time.time() - item.enqueued_at.ToMicroseconds() / 1e6
-        self.metrics.queue_delay.observe(max(waited, 0.0))
-        async with self._slots:
+        now = time.time()
+        for item in items:
+            waited = now - item.enqueued_at.ToMicroseconds() / 1e6
+            self.metrics.queue_delay.observe(max(waited, 0.0))
+        # A batch serves several webhooks: its span continues the first one's
+        # trace, and each item's publishing continues its own.
+        with telemetry.span_from_context(
+            items[0].trace_context,
+            "classify work batch",
+            attributes={"work_items": len(items)},
+        ):
             try:
-                await self.process(item)
+                verdicts = await self._classify_missing(items)
+                await self._record(verdicts)
             except grpc.aio.AioRpcError as exc:
-                self._log_failure(item, exc.code().name, exc.details() or "")
-                self.metrics.items.labels("failed").inc()
+                for item in items:
+                    self._log_failure(item, exc.code().name, exc.details() or "")
+                self.metrics.items.labels("failed").inc(len(items))
                 return
-            except Exception as exc:
-                logger.exception(
-                    "work item failed", extra={"work_item": item.id, "error": str(exc)}
+        outcomes = await asyncio.gather(
+            *(self._publish_traced(item, verdicts) for item in items)
+        )
+        done = [item.id for item, ok in zip(items, outcomes, strict=True) if ok]
+        if done:
+            try:
+                await self.clients.history.CompleteWork(
+                    history_pb2.CompleteWorkRequest(ids=done), timeout=RECORD_DEADLINE
                 )
-                self.metrics.items.labels("failed").inc()
+            except grpc.aio.AioRpcError as exc:
+                # Published but not marked done: the items come back when their
+                # lease runs out and Publish, keyed by item, records nothing new.
+                logger.warning(
+                    "cannot complete work items",
+                    extra={"work_items": len(done), "error": exc.code().name},
+                )
+                self.metrics.items.labels("failed").inc(len(done))
                 return
-        self.metrics.items.labels("done").inc()
-        self.metrics.seconds.observe(time.perf_counter() - started)
+        self.metrics.items.labels("done").inc(len(done))
+        self.metrics.items.labels("failed").inc(len(items) - len(done))
+        elapsed = time.perf_counter() - started
+        for _ in done:
+            self.metrics.seconds.observe(elapsed)
 
     def _log_failure(self, item: history_pb2.WorkItem, code: str, details: str) -> None:
         level = (
@@ -189,22 +214,53 @@ class Pipeline:
             },
         )
 
-    async def process(self, item: history_pb2.WorkItem) -> None:
-        """Classify what lacks a verdict, record it, publish, then complete."""
-        verdicts = await self._classify_missing(item)
-        if verdicts:
+    async def _record(self, verdicts: dict[int, alert_pb2.Classification]) -> None:
+        records = [
+            history_pb2.ClassificationRecord(
+                state_change_id=state_change_id, classification=verdict
+            )
+            for state_change_id, verdict in verdicts.items()
+        ]
+        for chunk in split_by_size(records, self.settings.grpc_max_message_bytes):
             await self.clients.history.RecordClassifications(
-                history_pb2.RecordClassificationsRequest(
-                    records=[
-                        history_pb2.ClassificationRecord(
-                            state_change_id=state_change_id, classification=verdict
-                        )
-                        for state_change_id, verdict in verdicts.items()
-                    ]
-                ),
+                history_pb2.RecordClassificationsRequest(records=chunk),
                 timeout=RECORD_DEADLINE,
             )
 
+    async def _publish_traced(
+        self,
+        item: history_pb2.WorkItem,
+        verdicts: dict[int, alert_pb2.Classification],
+    ) -> bool:
+        """Publish one item in a span that continues its webhook's trace."""
+        with telemetry.span_from_context(
+            item.trace_context,
+            "publish work item",
+            attributes={
+                "work_item": item.id,
+                "attempts": item.attempts,
+                "group_key": item.notification.group_key,
+                "receiver": item.notification.receiver,
+            },
+        ):
+            try:
+                await self.publish(item, verdicts)
+            except grpc.aio.AioRpcError as exc:
+                self._log_failure(item, exc.code().name, exc.details() or "")
+                return False
+            except Exception as exc:
+                logger.exception(
+                    "work item failed", extra={"work_item": item.id, "error": str(exc)}
+                )
+                return False
+        return True
+
+    async def publish(
+        self,
+        item: history_pb2.WorkItem,
+        verdicts: dict[int, alert_pb2.Classification],
+    ) -> None:
+        """Publish one item's state changes with their verdicts."""
         publish_alerts = [
             publisher_pb2.PublishAlert(
                 alert=work_alert.alert,
@@ -224,20 +280,24 @@ class Pipeline:
             request = publisher_pb2.PublishRequest(
                 batch_id=batch_id, notification=item.notification, alerts=chunk
             )
-            request.trace_context.update(item.trace_context)
+            request.trace_context.update(
+                telemetry.inject_context() or item.trace_context
+            )
             await self.clients.publisher.Publish(request, timeout=PUBLISH_DEADLINE)
-        await self.clients.history.CompleteWork(
-            history_pb2.CompleteWorkRequest(ids=[item.id]), timeout=RECORD_DEADLINE
-        )
         logger.debug(
-            "work item done",
+            "work item published",
             extra={"work_item": item.id, "group_key": item.notification.group_key},
         )
 
     async def _classify_missing(
-        self, item: history_pb2.WorkItem
+        self, items: list[history_pb2.WorkItem]
     ) -> dict[int, alert_pb2.Classification]:
-        pending = [a for a in item.alerts if not a.HasField("classification")]
+        pending = [
+            work_alert
+            for item in items
+            for work_alert in item.alerts
+            if not work_alert.HasField("classification")
+        ]
         if not pending:
             return {}
         mode = await self.mode()
@@ -257,31 +317,40 @@ class Pipeline:
         )
         offset = 0
         for chunk in chunks:
-            try:
-                response = await self.clients.classifier.BatchClassify(
-                    classifier_pb2.BatchClassifyRequest(
-                        alerts=chunk, mode=request_mode, budget=budget
-                    ),
-                    timeout=self.settings.pipeline_budget_seconds + CLASSIFY_MARGIN,
-                )
-            except grpc.aio.AioRpcError as exc:
-                if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
-                    raise
-                logger.warning(
-                    "classifier unavailable; publishing with the rules' verdict",
-                    extra={"work_item": item.id, "error": exc.code().name},
-                )
-                response = classifier_pb2.BatchClassifyResponse(
-                    classifications=[local_rules_verdict(alert) for alert in chunk]
-                )
+            classifications = await self._classify_chunk(chunk, request_mode, budget)
             for work_alert, verdict in zip(
-                pending[offset : offset + len(chunk)],
-                response.classifications,
-                strict=True,
+                pending[offset : offset + len(chunk)], classifications, strict=True
             ):
                 verdicts[work_alert.state_change_id] = verdict
             offset += len(chunk)
         return verdicts
+
+    async def _classify_chunk(
+        self,
+        chunk: list[alert_pb2.Alert],
+        mode: classifier_pb2.EnrichmentMode,
+        budget: Duration,
+    ) -> list[alert_pb2.Classification]:
+        try:
+            response = await self.clients.classifier.BatchClassify(
+                classifier_pb2.BatchClassifyRequest(
+                    alerts=chunk, mode=mode, budget=budget
+                ),
+                timeout=self.settings.pipeline_budget_seconds + CLASSIFY_MARGIN,
+            )
+        except grpc.aio.AioRpcError as exc:
+            level = (
+                logging.ERROR
+                if exc.code() == grpc.StatusCode.INVALID_ARGUMENT
+                else logging.WARNING
+            )
+            logger.log(
+                level,
+                "classifier failed; publishing with the rules' verdict",
+                extra={"alerts": len(chunk), "error": exc.code().name},
+            )
+            return [local_rules_verdict(alert) for alert in chunk]
+        return list(response.classifications)
 
 
 def local_rules_verdict(alert: alert_pb2.Alert) -> alert_pb2.Classification:

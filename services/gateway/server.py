@@ -11,6 +11,7 @@ import redis.asyncio as redis
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from libs import tls
 from libs.clients import ServiceClients
 from libs.config import Settings
 from libs.grpcserver import bound_port
@@ -51,6 +52,7 @@ async def start_gateway(
     host: str | None = None,
 ) -> RunningGateway:
     """Start the HTTP server and the pipeline; port 0 picks a free port."""
+    ssl_context = tls.http_server_ssl_context(settings)
     clients = ServiceClients(settings)
     redis_client = None
     if settings.redis_url is not None:
@@ -66,11 +68,14 @@ async def start_gateway(
         runner,
         host if host is not None else settings.listen_host,
         settings.http_port if port is None else port,
+        ssl_context=ssl_context,
     )
     await site.start()
     bound = bound_port(site, settings.http_port if port is None else port)
     app[PIPELINE_KEY].start()
-    logger.info("gateway started", extra={"http_port": bound})
+    logger.info(
+        "gateway started", extra={"http_port": bound, "tls": ssl_context is not None}
+    )
     return RunningGateway(app, runner, clients, redis_client, bound)
 
 

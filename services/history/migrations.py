@@ -117,4 +117,43 @@ MIGRATIONS: list[Migration] = [
             " WHERE completed_at IS NULL",
         ),
     ),
+    Migration(
+        version=2,
+        description="latest classification on occurrences, indexes for the "
+        "history filters, the reports and retention",
+        statements=(
+            # The latest classification of each occurrence, kept up to date by
+            # RecordClassifications, so that filters on it need no join.
+            "ALTER TABLE occurrences ADD COLUMN latest_change_id BIGINT",
+            "ALTER TABLE occurrences ADD COLUMN latest_severity TEXT",
+            "ALTER TABLE occurrences ADD COLUMN latest_confidence DOUBLE PRECISION",
+            "UPDATE occurrences SET latest_change_id = (SELECT max(c.state_change_id)"
+            " FROM classifications c JOIN state_changes s ON s.id = c.state_change_id"
+            " WHERE s.occurrence_id = occurrences.id)",
+            "UPDATE occurrences SET"
+            " latest_severity = (SELECT c.severity FROM classifications c"
+            " WHERE c.state_change_id = occurrences.latest_change_id),"
+            " latest_confidence = (SELECT c.confidence FROM classifications c"
+            " WHERE c.state_change_id = occurrences.latest_change_id)"
+            " WHERE latest_change_id IS NOT NULL",
+            # Each filter of ListOccurrences has an index that returns rows in
+            # page order (starts_at, id), so a page reads about `limit` rows.
+            "CREATE INDEX occurrences_namespace"
+            " ON occurrences (namespace, starts_at, id)",
+            "CREATE INDEX occurrences_severity"
+            " ON occurrences (severity, starts_at, id)",
+            "CREATE INDEX occurrences_latest_severity"
+            " ON occurrences (latest_severity, starts_at, id)",
+            "CREATE INDEX occurrences_firing ON occurrences (starts_at, id)"
+            " WHERE status = 'firing'",
+            "CREATE INDEX state_changes_changed_at ON state_changes (changed_at)",
+            # Retention deletes a notification only when nothing refers to it.
+            "CREATE INDEX state_changes_notification"
+            " ON state_changes (notification_id)",
+            "CREATE INDEX work_items_notification ON work_items (notification_id)",
+            "CREATE INDEX work_items_completed ON work_items (completed_at)"
+            " WHERE completed_at IS NOT NULL",
+            "CREATE INDEX notifications_received_at ON notifications (received_at)",
+        ),
+    ),
 ]

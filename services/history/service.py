@@ -7,18 +7,23 @@ UNAVAILABLE and bad input as INVALID_ARGUMENT.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from typing import NoReturn
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter
 
+from alerthistory.audit.v1 import audit_pb2_grpc
 from alerthistory.history.v1 import history_pb2, history_pb2_grpc
 from libs.config import Settings
 from libs.db import Database, database_url, migrate
 from libs.errors import AlertHistoryError, UnavailableError
 from libs.grpcserver import abort_with
+from services.history import audit, queries
 from services.history.migrations import COMPONENT, MIGRATIONS
+from services.history.retention import Retention, RetentionMetrics
 from services.history.store import HistoryStore
 
 logger = logging.getLogger(__name__)
@@ -149,9 +154,7 @@ class HistoryServicer(history_pb2_grpc.HistoryServiceServicer):
             occurrences, next_cursor = await self.store.list_occurrences(
                 limit=request.limit,
                 cursor=request.cursor,
-                alertname=request.alertname,
-                status=request.status,
-                fingerprint=request.fingerprint,
+                selected=queries.filter_from_request(request),
             )
         except Exception as exc:
             await _fail(context, "ListOccurrences", exc)
@@ -220,6 +223,64 @@ class HistoryServicer(history_pb2_grpc.HistoryServiceServicer):
         except Exception as exc:
             await _fail(context, "GetAlertContext", exc)
 
+    async def GetTimeline(
+        self,
+        request: history_pb2.GetTimelineRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> history_pb2.GetTimelineResponse:
+        try:
+            return await queries.get_timeline(
+                self.store.db,
+                request.fingerprint,
+                limit=request.limit,
+                cursor=request.cursor,
+            )
+        except Exception as exc:
+            await _fail(context, "GetTimeline", exc)
+
+    async def GetTopAlerts(
+        self,
+        request: history_pb2.GetTopAlertsRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> history_pb2.GetTopAlertsResponse:
+        try:
+            alerts = await queries.top_alerts(self.store.db, request)
+        except Exception as exc:
+            await _fail(context, "GetTopAlerts", exc)
+        return history_pb2.GetTopAlertsResponse(alerts=alerts)
+
+    async def GetFlappingAlerts(
+        self,
+        request: history_pb2.GetFlappingAlertsRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> history_pb2.GetFlappingAlertsResponse:
+        try:
+            alerts = await queries.flapping_alerts(self.store.db, request)
+        except Exception as exc:
+            await _fail(context, "GetFlappingAlerts", exc)
+        return history_pb2.GetFlappingAlertsResponse(alerts=alerts)
+
+    async def GetTimeToResolve(
+        self,
+        request: history_pb2.GetTimeToResolveRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> history_pb2.GetTimeToResolveResponse:
+        try:
+            alerts = await queries.time_to_resolve(self.store.db, request)
+        except Exception as exc:
+            await _fail(context, "GetTimeToResolve", exc)
+        return history_pb2.GetTimeToResolveResponse(alerts=alerts)
+
+    async def GetAlertStatistics(
+        self,
+        request: history_pb2.GetAlertStatisticsRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> history_pb2.GetAlertStatisticsResponse:
+        try:
+            return await queries.alert_statistics(self.store.db, request)
+        except Exception as exc:
+            await _fail(context, "GetAlertStatistics", exc)
+
 
 class HistoryService:
     """The history service as `libs.grpcserver` runs it."""
@@ -236,9 +297,20 @@ class HistoryService:
         self.servicer = HistoryServicer(
             self.store, HistoryMetrics(registry), settings.grpc_max_message_bytes
         )
+        self.service_names.append(audit.SERVICE_NAME)
+        self.audit_servicer = audit.AuditServicer(audit.AuditStore(self.db))
+        self.retention = Retention(
+            self.db,
+            days=settings.history_retention_days,
+            batch_size=settings.history_retention_batch_size,
+            pause_seconds=settings.history_retention_pause_seconds,
+            metrics=RetentionMetrics(registry),
+        )
+        self._retention_task: asyncio.Task[None] | None = None
 
     def register(self, server: grpc.aio.Server) -> None:
         history_pb2_grpc.add_HistoryServiceServicer_to_server(self.servicer, server)
+        audit_pb2_grpc.add_AuditServiceServicer_to_server(self.audit_servicer, server)
 
     async def start(self) -> None:
         """Connect the database and, with MIGRATE_ON_START, apply migrations."""
@@ -246,9 +318,21 @@ class HistoryService:
         logger.info("history database connected", extra={"dialect": self.db.dialect})
         if self.settings.migrate_on_start:
             applied = await migrate(self.db, COMPONENT, MIGRATIONS)
+            applied += await migrate(self.db, audit.COMPONENT, audit.MIGRATIONS)
             logger.info("history migrations applied", extra={"applied": applied})
+        if self.settings.history_retention_days:
+            self._retention_task = asyncio.create_task(
+                self.retention.run_periodically(
+                    self.settings.history_retention_interval_seconds
+                )
+            )
 
     async def close(self) -> None:
+        if self._retention_task is not None:
+            self._retention_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._retention_task
+            self._retention_task = None
         await self.db.close()
         logger.info("history database closed")
 
@@ -264,6 +348,7 @@ async def run_migrations(settings: Settings) -> int:
     await db.connect()
     try:
         applied = await migrate(db, COMPONENT, MIGRATIONS)
+        applied += await migrate(db, audit.COMPONENT, audit.MIGRATIONS)
     finally:
         await db.close()
     logger.info("history migrations applied", extra={"applied": applied})

@@ -23,7 +23,7 @@ from alerthistory.history.v1 import history_pb2
 from libs.alerts import STATUS_NAMES, datetime_to_timestamp
 from libs.db import Connection, Database, Row
 from libs.errors import InvalidInputError, NotFoundError
-from services.history import records
+from services.history import queries, records
 from services.history.lifecycle import (
     NewStateChange,
     OccurrenceKey,
@@ -38,7 +38,7 @@ from services.history.lifecycle import (
     store_response,
 )
 
-MAX_LIST_LIMIT = 1000
+MAX_LIST_LIMIT = queries.MAX_LIST_LIMIT
 MAX_LEASE_ITEMS = 1000
 CONTEXT_WINDOW = timedelta(hours=24)
 
@@ -417,10 +417,33 @@ class HistoryStore:
             "INSERT INTO classifications (state_change_id, "
             + ", ".join(records.CLASSIFICATION_COLUMNS)
             + f", recorded_at) VALUES {_values_list(len(rows), columns)}"
-            " ON CONFLICT (state_change_id) DO NOTHING RETURNING id",
+            " ON CONFLICT (state_change_id) DO NOTHING"
+            " RETURNING state_change_id, severity, confidence",
             *params,
         )
+        await self._update_latest_classifications(conn, inserted)
         return len(inserted)
+
+    async def _update_latest_classifications(
+        self, conn: Connection, inserted: Sequence[Row]
+    ) -> None:
+        """Copy new classifications to their occurrences when they are the latest.
+
+        The latest is the classification of the state change with the highest
+        id, whatever order the classifications arrive in.
+        """
+        if not inserted:
+            return
+        await conn.executemany(
+            "UPDATE occurrences SET latest_change_id = $1, latest_severity = $2,"
+            " latest_confidence = $3"
+            " WHERE id = (SELECT occurrence_id FROM state_changes WHERE id = $1)"
+            " AND (latest_change_id IS NULL OR latest_change_id < $1)",
+            [
+                (row["state_change_id"], row["severity"], row["confidence"])
+                for row in sorted(inserted, key=lambda row: row["state_change_id"])
+            ],
+        )
 
     async def lease_work(
         self, owner: str, max_items: int, lease_seconds: int
@@ -530,68 +553,23 @@ class HistoryStore:
         alertname: str = "",
         status: int = 0,
         fingerprint: str = "",
+        selected: queries.OccurrenceFilter | None = None,
     ) -> tuple[list[history_pb2.Occurrence], str]:
         """Return one page of occurrences, newest start first, and the next cursor.
 
-        Each occurrence carries its state changes and their classifications.
-        The next cursor is empty on the last page.
+        `selected` carries every filter; without it the keyword filters
+        apply. Each occurrence carries its state changes and their
+        classifications. The next cursor is empty on the last page.
         """
-        if not 1 <= limit <= MAX_LIST_LIMIT:
-            raise InvalidInputError(
-                f"limit must be from 1 to {MAX_LIST_LIMIT}, not {limit}"
+        if selected is None:
+            selected = queries.OccurrenceFilter(
+                alertname=alertname,
+                status=records.status_text(status, "status") if status else "",
+                fingerprint=fingerprint,
             )
-        conditions: list[str] = []
-        params: list[Any] = []
-        if cursor:
-            starts_at, last_id = records.decode_cursor(cursor)
-            first = len(params) + 1
-            conditions.append(
-                f"(starts_at < ${first}"
-                f" OR (starts_at = ${first} AND id < ${first + 1}))"
-            )
-            params.extend((starts_at, last_id))
-        for column, value in (
-            ("alertname", alertname),
-            ("status", records.status_text(status, "status") if status else ""),
-            ("fingerprint", fingerprint),
-        ):
-            if value:
-                params.append(value)
-                conditions.append(f"{column} = ${len(params)}")
-        clause = f" WHERE {' AND '.join(conditions)}" if conditions else ""
-        rows = await self.db.fetch(
-            f"SELECT * FROM occurrences{clause}"
-            f" ORDER BY starts_at DESC, id DESC LIMIT ${len(params) + 1}",
-            *params,
-            limit + 1,
+        return await queries.list_occurrences(
+            self.db, selected, limit=limit, cursor=cursor
         )
-
-        page = [records.occurrence_from_row(row) for row in rows[:limit]]
-        await self._attach_state_changes(page)
-        next_cursor = ""
-        if len(rows) > limit:
-            last = rows[limit - 1]
-            next_cursor = records.encode_cursor(last["starts_at"], last["id"])
-        return page, next_cursor
-
-    async def _attach_state_changes(
-        self, occurrences: list[history_pb2.Occurrence]
-    ) -> None:
-        if not occurrences:
-            return
-        rows = await self.db.fetch(
-            "SELECT s.id, s.occurrence_id, s.status, s.changed_at, "
-            + _classification_select()
-            + " FROM state_changes s"
-            " LEFT JOIN classifications c ON c.state_change_id = s.id"
-            f" WHERE {self._id_in('s.occurrence_id', 1)} ORDER BY s.id",
-            [occurrence.id for occurrence in occurrences],
-        )
-        by_id = {occurrence.id: occurrence for occurrence in occurrences}
-        for row in rows:
-            by_id[row["occurrence_id"]].state_changes.append(
-                records.state_change_from_row(row)
-            )
 
     async def get_occurrence(self, occurrence_id: int) -> history_pb2.Occurrence:
         """Return one occurrence with its state changes and their classifications."""
@@ -613,6 +591,7 @@ class HistoryStore:
         occurrence.state_changes.extend(
             records.state_change_from_row(change) for change in changes
         )
+        queries.set_latest_classification(occurrence)
         return occurrence
 
     async def get_alert_context(

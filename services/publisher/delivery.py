@@ -2,7 +2,8 @@
 
 The worker leases due deliveries from the store, POSTs each body to its
 target and stores every attempt. Each target has its own limit of requests
-in flight, so a slow or failing target never holds up another. A worker that
+in flight, its own rate limit and its own pause after a 429, so a slow,
+failing or rate-limited target never holds up another. A worker that
 stops without releasing its leases (a crash, SIGKILL) delays its in-flight
 deliveries until the leases expire. Then any replica sends them again with
 the same Idempotency-Key, so a receiver gets at most that one request twice.
@@ -28,9 +29,13 @@ from hashlib import sha256
 from urllib.parse import urlsplit
 
 import aiohttp
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from libs import telemetry
 from libs.config import Settings
 from services.publisher.metrics import PublisherMetrics
+from services.publisher.ratelimit import TokenBucket
 from services.publisher.store import (
     AttemptResult,
     ClaimedDelivery,
@@ -50,6 +55,9 @@ POLL_SECONDS = 1.0
 # Seconds a lease outlives the request timeout, to cover storing the outcome.
 LEASE_MARGIN_SECONDS = 30.0
 USER_AGENT = "alert-history-publisher"
+# Shorter credential values are not searched for in response bodies: a value
+# such as "1" would blank out unrelated text.
+MIN_REDACTED_LENGTH = 4
 
 
 def idempotency_key(batch_id: str, target: str, part: int) -> str:
@@ -120,7 +128,8 @@ def decide_outcome(
     now: datetime,
     jitter: float,
 ) -> Outcome:
-    """Decide what follows attempt number `attempt` (counting from 1).
+    """Decide what follows attempt number `attempt`, counting from 1 since the
+    delivery was recorded or last retried by hand.
 
     2xx succeeds. A retryable failure waits the backoff or the Retry-After,
     whichever is longer, never more than DELIVERY_MAX_BACKOFF_SECONDS, and
@@ -199,6 +208,10 @@ class DeliveryWorker:
         self._in_flight: dict[asyncio.Task[None], ClaimedDelivery] = {}
         self._busy: dict[str, int] = {}
         self._dispatch_failures = 0
+        self._buckets: dict[str, TokenBucket] = {}
+        # time.monotonic() until which a target that returned 429 with
+        # Retry-After gets no request.
+        self._paused_until: dict[str, float] = {}
 
     async def start(self) -> None:
         """Start the dispatch loop."""
@@ -279,14 +292,16 @@ class DeliveryWorker:
         due_times = await self.store.due_times()
         wait = self.poll_seconds
         for target in self.targets.enabled():
-            free = self.settings.delivery_concurrency_per_target - self._busy.get(
-                target.name, 0
-            )
             due = due_times.get(target.name)
-            if due is None or free <= 0 or self._stopping:
+            if due is None or self._stopping:
                 continue
             if due > now:
                 wait = min(wait, (due - now).total_seconds())
+                continue
+            free, blocked_for = self._free_slots(target)
+            if free <= 0:
+                if blocked_for > 0:
+                    wait = min(wait, blocked_for)
                 continue
             claimed = await self.store.claim(
                 target.name,
@@ -295,15 +310,63 @@ class DeliveryWorker:
                 now,
                 now + timedelta(seconds=self.lease_seconds),
             )
+            bucket = self._buckets.get(target.name)
+            if bucket is not None:
+                bucket.take(len(claimed))
             for delivery in claimed:
                 self._start_delivery(target, delivery)
             if claimed:
                 wait = 0.0
         return wait
 
+    def _free_slots(self, target: Target) -> tuple[int, float]:
+        """Return how many deliveries of `target` may start now and, when
+        none may, the seconds until one may (0 when a running one must end).
+
+        The limits are the target's concurrency, its pause after a 429 with
+        Retry-After, and its `rate_limit_per_second`. They apply per worker,
+        so each replica allows the full rate.
+        """
+        paused = self._paused_until.get(target.name, 0.0) - time.monotonic()
+        if paused > 0:
+            return 0, paused
+        free = self.settings.delivery_concurrency_per_target - self._busy.get(
+            target.name, 0
+        )
+        bucket = self._bucket(target)
+        if bucket is None or free <= 0:
+            return free, 0.0
+        tokens = bucket.available()
+        if tokens < 1:
+            return 0, bucket.seconds_until_available()
+        return min(free, tokens), 0.0
+
+    def _bucket(self, target: Target) -> TokenBucket | None:
+        rate = target.rate_limit_per_second
+        bucket = self._buckets.get(target.name)
+        if rate is None:
+            self._buckets.pop(target.name, None)
+            return None
+        if bucket is None or bucket.rate != rate:
+            bucket = TokenBucket(rate)
+            self._buckets[target.name] = bucket
+        return bucket
+
+    def _pause_after(
+        self, target: Target, status_code: int | None, wait: float | None
+    ) -> None:
+        """Hold every delivery of a target that returned 429 with Retry-After."""
+        if status_code != 429 or wait is None or wait <= 0:
+            return
+        wait = min(wait, self.settings.delivery_max_backoff_seconds)
+        until = time.monotonic() + wait
+        self._paused_until[target.name] = max(
+            self._paused_until.get(target.name, 0.0), until
+        )
+
     def _start_delivery(self, target: Target, delivery: ClaimedDelivery) -> None:
         self._busy[target.name] = self._busy.get(target.name, 0) + 1
-        task = asyncio.create_task(self._deliver(target, delivery))
+        task = asyncio.create_task(self._deliver_traced(target, delivery))
         self._in_flight[task] = delivery
 
         def finished(done: asyncio.Task[None]) -> None:
@@ -312,6 +375,25 @@ class DeliveryWorker:
             self._wake.set()
 
         task.add_done_callback(finished)
+
+    async def _deliver_traced(self, target: Target, delivery: ClaimedDelivery) -> None:
+        """Send one attempt in a span that continues the Publish call's trace.
+
+        The span names the target, never its URL, which may carry credentials.
+        """
+        with telemetry.span_from_context(
+            delivery.trace_context,
+            "deliver",
+            kind=SpanKind.CLIENT,
+            attributes={
+                "target": target.name,
+                "format": delivery.format,
+                "attempt": delivery.attempts + 1,
+                "delivery_id": delivery.id,
+                "batch_id": delivery.batch_id,
+            },
+        ):
+            await self._deliver(target, delivery)
 
     async def _deliver(self, target: Target, delivery: ClaimedDelivery) -> None:
         attempt = delivery.attempts + 1
@@ -337,25 +419,30 @@ class DeliveryWorker:
 
         now = datetime.now(UTC)
         status_code = response.status_code if response is not None else None
+        retry_after = parse_retry_after(
+            response.retry_after if response is not None else None, now
+        )
         outcome = decide_outcome(
             self.settings,
-            attempt=attempt,
+            attempt=attempt - delivery.attempt_offset,
             status_code=status_code,
             error=error,
-            retry_after=parse_retry_after(
-                response.retry_after if response is not None else None, now
-            ),
+            retry_after=retry_after,
             now=now,
             jitter=self.jitter(),
         )
+        self._pause_after(target, status_code, retry_after)
         result = AttemptResult(
             attempted_at=started_at,
             duration_seconds=duration,
             status_code=status_code,
             error=error if error is not None else outcome.error,
-            response_body=response.body if response is not None else None,
+            response_body=redact(response.body, target)
+            if response is not None
+            else None,
         )
         self._count(target, delivery, outcome)
+        _annotate_span(status_code, outcome)
         self._log_outcome(target, delivery, attempt, result, outcome)
         await self._store_outcome(delivery, result, outcome)
 
@@ -461,6 +548,15 @@ class DeliveryWorker:
             return
 
 
+def _annotate_span(status_code: int | None, outcome: Outcome) -> None:
+    """Record an attempt's status code and outcome on the current span."""
+    span = trace.get_current_span()
+    telemetry.set_http_status(span, status_code, server=False)
+    span.set_attribute("outcome", outcome.state)
+    if outcome.state != "succeeded" and outcome.error:
+        span.set_status(Status(StatusCode.ERROR, outcome.error))
+
+
 async def _read_prefix(resp: aiohttp.ClientResponse, limit: int) -> bytes:
     chunks: list[bytes] = []
     size = 0
@@ -471,6 +567,26 @@ async def _read_prefix(resp: aiohttp.ClientResponse, limit: int) -> bytes:
         chunks.append(chunk)
         size += len(chunk)
     return b"".join(chunks)
+
+
+def redact(text: str, target: Target) -> str:
+    """Replace the target's credentials in a response body with [redacted].
+
+    A receiver may echo a request's routing key, header values or URL path
+    and query; none of them may reach the stored log.
+    """
+    parts = urlsplit(target.url)
+    secrets = [
+        *target.headers.values(),
+        target.routing_key or "",
+        parts.path if len(parts.path) > 1 else "",
+        parts.query,
+        parts.password or "",
+    ]
+    for secret in sorted(filter(None, secrets), key=len, reverse=True):
+        if len(secret) >= MIN_REDACTED_LENGTH:
+            text = text.replace(secret, "[redacted]")
+    return text
 
 
 def describe_error(exc: BaseException, url: str) -> str:

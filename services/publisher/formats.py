@@ -1,124 +1,86 @@
 """Request bodies of each target format, built as Python data.
 
 `FORMATS` maps a format name to its builder. A builder takes the
-notification's metadata, the alerts that passed a target's filter and the
-target. It returns a list of JSON bodies, each sent as its own request, so a
-format whose receiver takes one event per request can return several.
-Builders never turn a missing value into text: an absent field becomes an
-empty string, an empty map, JSON null (webhook `ends_at` only) or Go's zero
-time (Alertmanager `endsAt`).
+notification's metadata, the alerts selected for a target and the target.
+It returns a list of `Message`s, each sent as its own request: `webhook`,
+`alertmanager` and `slack` send one per notification, `pagerduty` and
+`rootly` one per alert. Builders never turn a missing value into text: an
+absent field becomes an empty string, an empty map, JSON null (webhook
+`ends_at` only) or Go's zero time (Alertmanager `endsAt`).
 """
 
 from __future__ import annotations
 
-import json
-import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
-
-from google.protobuf.timestamp_pb2 import Timestamp
+from typing import TYPE_CHECKING
 
 from alerthistory.alert.v1 import alert_pb2
 from alerthistory.publisher.v1 import publisher_pb2
+from services.publisher.encoding import (
+    GO_ZERO_TIME,
+    SEVERITY_NAMES,
+    SOURCE_NAMES,
+    STATUS_NAMES,
+    UNSPECIFIED,
+    Body,
+    Message,
+    common_pairs,
+    confidence_of,
+    encode_body,
+    format_timestamp,
+    group_status,
+    severity_name,
+)
+from services.publisher.pagerduty import build_pagerduty
+from services.publisher.rootly import build_rootly
+from services.publisher.slack import build_slack
 
 if TYPE_CHECKING:
     from services.publisher.targets import Target
 
-Body = dict[str, Any]
+__all__ = [
+    "FORMATS",
+    "GO_ZERO_TIME",
+    "SEVERITY_NAMES",
+    "SOURCE_NAMES",
+    "STATUS_NAMES",
+    "UNSPECIFIED",
+    "Body",
+    "Format",
+    "Message",
+    "build_alertmanager",
+    "build_webhook",
+    "common_pairs",
+    "confidence_of",
+    "encode_body",
+    "format_timestamp",
+    "group_status",
+    "severity_name",
+]
+
 Builder = Callable[
     [alert_pb2.Notification, Sequence[publisher_pb2.PublishAlert], "Target"],
-    list[Body],
+    list[Message],
 ]
 
 # Version of the `webhook` body schema, sent as its "version" field.
 WEBHOOK_SCHEMA_VERSION = "1"
-# Go's zero time.Time as Go (and so Alertmanager) writes it in JSON.
-GO_ZERO_TIME = "0001-01-01T00:00:00Z"
-
-SEVERITY_NAMES: dict[int, str] = {
-    alert_pb2.SEVERITY_CRITICAL: "critical",
-    alert_pb2.SEVERITY_WARNING: "warning",
-    alert_pb2.SEVERITY_INFO: "info",
-    alert_pb2.SEVERITY_NOISE: "noise",
-}
-SOURCE_NAMES: dict[int, str] = {
-    alert_pb2.VERDICT_SOURCE_MODEL: "model",
-    alert_pb2.VERDICT_SOURCE_CACHE: "cache",
-    alert_pb2.VERDICT_SOURCE_RULES: "rules",
-    alert_pb2.VERDICT_SOURCE_LAST_KNOWN: "last_known",
-}
-STATUS_NAMES: dict[int, str] = {
-    alert_pb2.ALERT_STATUS_FIRING: "firing",
-    alert_pb2.ALERT_STATUS_RESOLVED: "resolved",
-}
-UNSPECIFIED = "unspecified"
 
 
 @dataclass(frozen=True)
 class Format:
-    """A target format: its name and the function that builds its bodies."""
+    """A target format: its name and the function that builds its messages."""
 
     name: str
     build: Builder
-
-
-def severity_name(severity: int) -> str:
-    return SEVERITY_NAMES.get(severity, UNSPECIFIED)
-
-
-def confidence_of(classification: alert_pb2.Classification) -> float:
-    """Return the confidence clamped to 0..1; NaN becomes 0 so JSON stays valid."""
-    value = classification.confidence
-    if not math.isfinite(value):
-        return 0.0
-    return min(max(value, 0.0), 1.0)
-
-
-def format_timestamp(stamp: Timestamp) -> str:
-    """Format as RFC 3339 in UTC the way Go's time.RFC3339Nano does.
-
-    The fraction keeps up to nine digits without trailing zeros and is left
-    out when zero, as in "2024-05-01T10:00:00.5Z".
-    """
-    moment = datetime.fromtimestamp(stamp.seconds, UTC)
-    text = moment.strftime("%Y-%m-%dT%H:%M:%S")
-    if stamp.nanos:
-        text += "." + f"{stamp.nanos:09d}".rstrip("0")
-    return text + "Z"
-
-
-def group_status(alerts: Iterable[alert_pb2.Alert]) -> str:
-    """Return "firing" when any alert fires, else "resolved", as Alertmanager does."""
-    if any(alert.status == alert_pb2.ALERT_STATUS_FIRING for alert in alerts):
-        return "firing"
-    return "resolved"
-
-
-def common_pairs(maps: Sequence[Mapping[str, str]]) -> dict[str, str]:
-    """Return the name/value pairs present in every map, as Alertmanager's
-    commonLabels and commonAnnotations are computed."""
-    if not maps:
-        return {}
-    first, *rest = maps
-    return {
-        name: value
-        for name, value in sorted(first.items())
-        if all(other.get(name) == value for other in rest)
-    }
-
-
-def encode_body(body: Body) -> str:
-    """Serialise a body as compact JSON; NaN and infinity raise ValueError."""
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
 def build_webhook(
     notification: alert_pb2.Notification,
     alerts: Sequence[publisher_pb2.PublishAlert],
     target: Target,
-) -> list[Body]:
+) -> list[Message]:
     """Build the `webhook` body: notification metadata and classified alerts."""
     body: Body = {
         "version": WEBHOOK_SCHEMA_VERSION,
@@ -131,7 +93,7 @@ def build_webhook(
         "truncated_alerts": notification.truncated_alerts,
         "alerts": [_webhook_alert(item) for item in alerts],
     }
-    return [body]
+    return [Message(body, tuple(alerts))]
 
 
 def _webhook_alert(item: publisher_pb2.PublishAlert) -> Body:
@@ -161,7 +123,7 @@ def build_alertmanager(
     notification: alert_pb2.Notification,
     alerts: Sequence[publisher_pb2.PublishAlert],
     target: Target,
-) -> list[Body]:
+) -> list[Message]:
     """Build an Alertmanager webhook body (version 4) of the filtered alerts.
 
     Each alert gets the labels llm_severity and llm_confidence and, when the
@@ -187,7 +149,7 @@ def build_alertmanager(
     }
     if notification.notification_reason:
         body["notification_reason"] = notification.notification_reason
-    return [body]
+    return [Message(body, tuple(alerts))]
 
 
 def _alertmanager_alert(item: publisher_pb2.PublishAlert) -> Body:
@@ -214,7 +176,7 @@ def _alertmanager_alert(item: publisher_pb2.PublishAlert) -> Body:
 FORMATS: dict[str, Format] = {
     "webhook": Format("webhook", build_webhook),
     "alertmanager": Format("alertmanager", build_alertmanager),
+    "pagerduty": Format("pagerduty", build_pagerduty),
+    "slack": Format("slack", build_slack),
+    "rootly": Format("rootly", build_rootly),
 }
-
-# Formats a target may name that have no builder yet; loading rejects them.
-PLANNED_FORMATS = frozenset({"pagerduty", "slack", "rootly"})

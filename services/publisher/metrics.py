@@ -57,7 +57,8 @@ class PublisherMetrics:
         )
         self.targets_discovered = Gauge(
             "alert_history_publishing_targets_discovered",
-            "Publishing targets configured, enabled or not.",
+            "Publishing targets discovered from Kubernetes Secrets and in effect, "
+            "enabled or not.",
             registry=registry,
         )
         self.metrics_only = Gauge(
@@ -67,11 +68,12 @@ class PublisherMetrics:
         )
 
     def show_targets(self, targets: Sequence[Target]) -> None:
-        """Set the target gauges to the configured targets."""
+        """Set the target gauges to the targets in effect, from every source."""
         self.target_status.clear()
         for target in targets:
             self.target_status.labels(target.name, target.format).set(
                 1 if target.enabled else 0
             )
-        self.targets_discovered.set(len(targets))
+        discovered = [target for target in targets if target.source != "file"]
+        self.targets_discovered.set(len(discovered))
         self.metrics_only.set(0 if targets else 1)

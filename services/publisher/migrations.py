@@ -74,4 +74,43 @@ MIGRATIONS: tuple[Migration, ...] = (
             " ON publisher_delivery_alerts (fingerprint)",
         ),
     ),
+    Migration(
+        version=2,
+        description="trace context of each delivery",
+        statements=(
+            # W3C trace context of the Publish call, so that each attempt's
+            # span joins the trace of the webhook. NULL on older rows.
+            "ALTER TABLE publisher_deliveries ADD COLUMN trace_context JSONB",
+        ),
+    ),
+    Migration(
+        version=3,
+        description="delivered alert states by occurrence, dead-letter handling",
+        statements=(
+            # The occurrence (fingerprint and start) and target of each alert
+            # state a delivery carries. The unique index lets one occurrence
+            # state reach one target in one delivery only, whatever batch
+            # carries it again, and finds the targets of an occurrence's
+            # trigger when it resolves. Rows recorded before this migration
+            # have no occurrence_key and match nothing.
+            "ALTER TABLE publisher_delivery_alerts ADD COLUMN target TEXT",
+            "ALTER TABLE publisher_delivery_alerts ADD COLUMN occurrence_key TEXT",
+            "UPDATE publisher_delivery_alerts SET target ="
+            " (SELECT d.target FROM publisher_deliveries d"
+            " WHERE d.id = publisher_delivery_alerts.delivery_id)",
+            "CREATE UNIQUE INDEX publisher_delivery_alerts_occurrence"
+            " ON publisher_delivery_alerts (occurrence_key, status, target)"
+            " WHERE occurrence_key IS NOT NULL",
+            # A discarded dead letter keeps state 'dead' and its attempts.
+            "ALTER TABLE publisher_deliveries ADD COLUMN discarded_at TIMESTAMPTZ",
+            # Attempts made before the latest manual retry of a dead letter;
+            # the attempt limit counts from there.
+            "ALTER TABLE publisher_deliveries"
+            " ADD COLUMN attempt_offset INTEGER NOT NULL DEFAULT 0",
+            "CREATE INDEX publisher_deliveries_created"
+            " ON publisher_deliveries (created_at)",
+            "CREATE INDEX publisher_delivery_attempts_time"
+            " ON publisher_delivery_attempts (attempted_at)",
+        ),
+    ),
 )

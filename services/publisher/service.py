@@ -1,33 +1,58 @@
 """The publisher gRPC service: records deliveries and runs the delivery worker.
 
-For every enabled target, Publish builds the body of the alerts that pass
-its filter. It records one delivery per (batch_id, target) in one
-transaction before anything is sent, and the worker sends them afterwards.
+Publish selects each target's alerts (`planning`), builds their request
+bodies and records every delivery in one transaction before anything is
+sent. The worker sends them afterwards. The operator calls (delivery log,
+dead letters, statistics, test alerts) are in `operations`.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any, NoReturn, TypeAlias
 
 import grpc
 from prometheus_client import CollectorRegistry
 
 from alerthistory.publisher.v1 import publisher_pb2, publisher_pb2_grpc
+from libs import telemetry
 from libs.config import Settings
 from libs.db import Database, database_url, migrate
 from libs.errors import InvalidInputError
 from libs.grpcserver import abort_with
+from services.publisher import operations
 from services.publisher.delivery import DeliveryWorker, idempotency_key
-from services.publisher.filters import FilterResult, apply_filter
+from services.publisher.discovery import (
+    DiscoveryMetrics,
+    SecretDiscovery,
+    start_discovery,
+)
+from services.publisher.encoding import occurrence_key
 from services.publisher.formats import FORMATS, STATUS_NAMES, encode_body
+from services.publisher.log_store import PublishingLog
 from services.publisher.metrics import PublisherMetrics
 from services.publisher.migrations import COMPONENT, MIGRATIONS
-from services.publisher.store import DeliveredAlert, DeliveryStore, NewDelivery
-from services.publisher.targets import Target, TargetSet, load_targets
+from services.publisher.operations import PreconditionError, SyntheticIds
+from services.publisher.planning import TargetPlan, plan_targets
+from services.publisher.store import (
+    DeliveredAlert,
+    DeliveredStates,
+    DeliveryStore,
+    NewDelivery,
+)
+from services.publisher.targets import (
+    Target,
+    TargetConfigError,
+    TargetSet,
+    load_targets,
+)
 
 logger = logging.getLogger(__name__)
+
+Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 
 SERVICE_NAME = publisher_pb2.DESCRIPTOR.services_by_name["PublisherService"].full_name
 MAX_BATCH_ID_LENGTH = 200
@@ -42,15 +67,23 @@ class PublisherService:
     def __init__(self, settings: Settings, registry: CollectorRegistry) -> None:
         self.settings = settings
         self.metrics = PublisherMetrics(registry)
+        self.discovery_metrics = DiscoveryMetrics(registry)
         self.targets = TargetSet()
+        self._discovery: SecretDiscovery | None = None
         self._db: Database | None = None
         self._store: DeliveryStore | None = None
+        self._log: PublishingLog | None = None
         self._worker: DeliveryWorker | None = None
 
     @property
     def store(self) -> DeliveryStore:
         assert self._store is not None, "PublisherService.start() was not called"
         return self._store
+
+    @property
+    def log(self) -> PublishingLog:
+        assert self._log is not None, "PublisherService.start() was not called"
+        return self._log
 
     @property
     def worker(self) -> DeliveryWorker:
@@ -65,7 +98,8 @@ class PublisherService:
     async def start(self) -> None:
         """Load the targets, connect and migrate the store, start the worker.
 
-        Raises TargetConfigError for an invalid targets file and
+        Raises TargetConfigError for an invalid targets file, ConfigError
+        when target discovery has no Kubernetes credentials, and
         UnavailableError when the database cannot be reached.
         """
         targets = load_targets(self.settings.publishing_targets_file)
@@ -84,6 +118,10 @@ class PublisherService:
         if self.settings.migrate_on_start:
             await migrate(self._db, COMPONENT, MIGRATIONS)
         self._store = DeliveryStore(self._db)
+        self._log = PublishingLog(self._db)
+        self._discovery = await start_discovery(
+            self.settings, self.targets, targets, self.metrics, self.discovery_metrics
+        )
         await self._warn_about_stranded_deliveries()
 
         self._worker = DeliveryWorker(
@@ -92,7 +130,10 @@ class PublisherService:
         await self._worker.start()
 
     async def close(self) -> None:
-        """Stop the worker, releasing its leases, then close the database."""
+        """Stop discovery, then the worker (releasing its leases), then the database."""
+        if self._discovery is not None:
+            await self._discovery.close()
+            self._discovery = None
         if self._worker is not None:
             await self._worker.close()
             self._worker = None
@@ -119,42 +160,119 @@ class PublisherService:
         if self.targets.metrics_only:
             return publisher_pb2.PublishResponse(metrics_only=True)
 
-        planned: list[tuple[Target, FilterResult]] = [
-            (target, apply_filter(target.filter, request.alerts))
-            for target in self.targets.enabled()
-        ]
-        deliveries = [
-            delivery
-            for target, result in planned
-            for delivery in build_deliveries(request, target, result.passed)
-        ]
-        created = await self.store.record_batch(
-            request.batch_id, len(request.alerts), deliveries, datetime.now(UTC)
-        )
-        response = publisher_pb2.PublishResponse()
-        if not created:
-            # Report what the first call recorded, even if targets changed since.
-            recorded: dict[str, int] = {}
-            for record in await self.store.deliveries_for_batch(request.batch_id):
-                count = recorded.get(record.target, 0)
-                recorded[record.target] = max(count, record.alert_count)
-            for name, alerts in recorded.items():
-                response.targets.add(target=name, alerts=alerts, created=False)
-            return response
+        targets = self.targets.all()
+        plans: list[TargetPlan] = []
 
-        self._count_filtered(planned)
+        def plan(delivered: DeliveredStates) -> list[NewDelivery]:
+            plans[:] = plan_targets(targets, request.alerts, delivered)
+            return [
+                delivery
+                for target_plan in plans
+                for delivery in build_deliveries(
+                    request, target_plan.target, target_plan.selected
+                )
+            ]
+
+        created = await self.store.record_planned_batch(
+            request.batch_id,
+            len(request.alerts),
+            [occurrence_key(item.alert) for item in request.alerts],
+            plan,
+            datetime.now(UTC),
+        )
+        if not created:
+            return await self._recorded_before(request.batch_id)
+
+        self._count_filtered(plans)
         self.worker.wake()
-        for target, result in planned:
-            if result.passed:
+        response = publisher_pb2.PublishResponse()
+        for target_plan in plans:
+            if target_plan.selected:
                 response.targets.add(
-                    target=target.name, alerts=len(result.passed), created=True
+                    target=target_plan.target.name,
+                    alerts=len(target_plan.selected),
+                    created=True,
                 )
         return response
 
-    def _count_filtered(self, planned: Sequence[tuple[Target, FilterResult]]) -> None:
-        for target, result in planned:
-            for reason in result.dropped:
-                self.metrics.filtered.labels(target.name, reason).inc()
+    async def _recorded_before(self, batch_id: str) -> publisher_pb2.PublishResponse:
+        """Report what the first call with `batch_id` recorded, even if targets
+        changed since."""
+        response = publisher_pb2.PublishResponse()
+        recorded: dict[str, int] = {}
+        for record in await self.store.deliveries_for_batch(batch_id):
+            recorded[record.target] = recorded.get(record.target, 0) + (
+                record.alert_count
+            )
+        for name, alerts in recorded.items():
+            response.targets.add(target=name, alerts=alerts, created=False)
+        return response
+
+    def _count_filtered(self, plans: Sequence[TargetPlan]) -> None:
+        for target_plan in plans:
+            for reason in target_plan.dropped:
+                self.metrics.filtered.labels(target_plan.target.name, reason).inc()
+            if target_plan.duplicates:
+                logger.info(
+                    "alert states already delivered to the target were left out",
+                    extra={
+                        "target": target_plan.target.name,
+                        "duplicates": target_plan.duplicates,
+                    },
+                )
+
+    async def record_test(
+        self, target: Target, requests: Sequence[publisher_pb2.PublishRequest]
+    ) -> SyntheticIds:
+        """Record test requests for `target` alone, ignoring its filter.
+
+        Returns the ids of the first two deliveries: the trigger and, when
+        there is a second request, its resolve.
+        """
+        ids: list[int] = []
+        for request in requests:
+            deliveries = build_deliveries(request, target, list(request.alerts))
+            await self.store.record_batch(
+                request.batch_id, len(request.alerts), deliveries, datetime.now(UTC)
+            )
+            records = await self.store.deliveries_for_batch(request.batch_id)
+            ids.extend(record.id for record in records)
+        return SyntheticIds(ids[0], ids[1] if len(ids) > 1 else None)
+
+    async def refresh_targets(self) -> RefreshResult:
+        """Reload the targets file and list the target Secrets again.
+
+        Raises PreconditionError, changing nothing, when the file is missing
+        or invalid.
+        """
+        try:
+            file_targets = load_targets(self.settings.publishing_targets_file)
+        except TargetConfigError as exc:
+            raise PreconditionError(
+                f"{exc}; the targets in effect are unchanged"
+            ) from None
+        discovery_errors = 0
+        if self._discovery is not None:
+            discovery_errors = await self._discovery.refresh(file_targets)
+        else:
+            self.targets.replace(file_targets)
+            self.metrics.show_targets(file_targets)
+        in_effect = self.targets.all()
+        from_file = sum(1 for target in in_effect if target.source == "file")
+        logger.info(
+            "publishing targets refreshed",
+            extra={"targets": len(in_effect), "discovered": len(in_effect) - from_file},
+        )
+        if self._worker is not None:
+            self._worker.wake()
+        return RefreshResult(
+            targets=len(in_effect),
+            enabled=len(self.targets.enabled()),
+            from_file=from_file,
+            discovered=len(in_effect) - from_file,
+            discovery=self._discovery is not None,
+            discovery_errors=discovery_errors,
+        )
 
     def list_targets(self) -> publisher_pb2.ListTargetsResponse:
         response = publisher_pb2.ListTargetsResponse(
@@ -171,35 +289,55 @@ class PublisherService:
         return response
 
 
+@dataclass(frozen=True)
+class RefreshResult:
+    """Target counts after a refresh."""
+
+    targets: int
+    enabled: int
+    from_file: int
+    discovered: int
+    discovery: bool
+    discovery_errors: int
+
+
 def build_deliveries(
     request: publisher_pb2.PublishRequest,
     target: Target,
     alerts: Sequence[publisher_pb2.PublishAlert],
 ) -> list[NewDelivery]:
-    """Build the deliveries of `alerts` to `target`; none when `alerts` is empty."""
+    """Build the deliveries of `alerts` to `target`; none when `alerts` is empty.
+
+    Each message of the target's format is one delivery carrying its own
+    alerts, so a format with one request per alert gets one delivery, with
+    its own Idempotency-Key, per alert.
+    """
     if not alerts:
         return []
-    bodies = FORMATS[target.format].build(request.notification, alerts, target)
-    carried = tuple(
-        DeliveredAlert(
-            fingerprint=item.alert.fingerprint,
-            status=STATUS_NAMES[item.alert.status],
-            state_change_id=item.state_change_id,
-        )
-        for item in alerts
-    )
+    messages = FORMATS[target.format].build(request.notification, alerts, target)
+    trace_context = dict(request.trace_context) or telemetry.inject_context()
     return [
         NewDelivery(
             target=target.name,
             part=part,
             format=target.format,
-            group_key=request.notification.group_key,
+            group_key=message.order_key or request.notification.group_key,
             idempotency_key=idempotency_key(request.batch_id, target.name, part),
-            body=encode_body(body),
-            alerts=carried,
+            body=encode_body(message.body),
+            alerts=tuple(_delivered_alert(item) for item in message.alerts),
+            trace_context=trace_context,
         )
-        for part, body in enumerate(bodies)
+        for part, message in enumerate(messages)
     ]
+
+
+def _delivered_alert(item: publisher_pb2.PublishAlert) -> DeliveredAlert:
+    return DeliveredAlert(
+        fingerprint=item.alert.fingerprint,
+        status=STATUS_NAMES[item.alert.status],
+        state_change_id=item.state_change_id,
+        occurrence_key=occurrence_key(item.alert),
+    )
 
 
 def check_publish_request(request: publisher_pb2.PublishRequest) -> None:
@@ -254,6 +392,109 @@ class PublisherServicer(publisher_pb2_grpc.PublisherServiceServicer):
         ],
     ) -> publisher_pb2.ListTargetsResponse:
         return self.service.list_targets()
+
+    async def ListDeliveries(
+        self, request: publisher_pb2.ListDeliveriesRequest, context: Context
+    ) -> publisher_pb2.ListDeliveriesResponse:
+        try:
+            deliveries, token = await operations.list_deliveries(
+                self.service.log,
+                target=request.target,
+                state=operations.list_state(request.state),
+                limit=request.limit,
+                page_token=request.page_token,
+            )
+        except Exception as exc:
+            await abort(context, exc)
+        return publisher_pb2.ListDeliveriesResponse(
+            deliveries=deliveries, next_page_token=token
+        )
+
+    async def GetDelivery(
+        self, request: publisher_pb2.GetDeliveryRequest, context: Context
+    ) -> publisher_pb2.GetDeliveryResponse:
+        try:
+            return await operations.get_delivery(self.service, request.id)
+        except Exception as exc:
+            await abort(context, exc)
+
+    async def ListDeadLetters(
+        self, request: publisher_pb2.ListDeadLettersRequest, context: Context
+    ) -> publisher_pb2.ListDeadLettersResponse:
+        try:
+            dead, token = await operations.list_deliveries(
+                self.service.log,
+                target=request.target,
+                state="dead",
+                limit=request.limit,
+                page_token=request.page_token,
+            )
+        except Exception as exc:
+            await abort(context, exc)
+        return publisher_pb2.ListDeadLettersResponse(
+            dead_letters=dead, next_page_token=token
+        )
+
+    async def RetryDeadLetter(
+        self, request: publisher_pb2.RetryDeadLetterRequest, context: Context
+    ) -> publisher_pb2.RetryDeadLetterResponse:
+        try:
+            delivery = await operations.retry_dead_letter(self.service, request.id)
+        except Exception as exc:
+            await abort(context, exc)
+        return publisher_pb2.RetryDeadLetterResponse(delivery=delivery)
+
+    async def DiscardDeadLetter(
+        self, request: publisher_pb2.DiscardDeadLetterRequest, context: Context
+    ) -> publisher_pb2.DiscardDeadLetterResponse:
+        try:
+            delivery = await operations.discard_dead_letter(self.service, request.id)
+        except Exception as exc:
+            await abort(context, exc)
+        return publisher_pb2.DiscardDeadLetterResponse(delivery=delivery)
+
+    async def GetStats(
+        self, request: publisher_pb2.GetStatsRequest, context: Context
+    ) -> publisher_pb2.GetStatsResponse:
+        try:
+            return await operations.get_stats(self.service, request)
+        except Exception as exc:
+            await abort(context, exc)
+
+    async def TestTarget(
+        self, request: publisher_pb2.TestTargetRequest, context: Context
+    ) -> publisher_pb2.TestTargetResponse:
+        try:
+            return await operations.send_test_alert(
+                self.service, request.target, request.leave_firing
+            )
+        except Exception as exc:
+            await abort(context, exc)
+
+    async def RefreshTargets(
+        self, request: publisher_pb2.RefreshTargetsRequest, context: Context
+    ) -> publisher_pb2.RefreshTargetsResponse:
+        try:
+            result = await self.service.refresh_targets()
+        except Exception as exc:
+            await abort(context, exc)
+        return publisher_pb2.RefreshTargetsResponse(
+            targets=result.targets,
+            enabled=result.enabled,
+            from_file=result.from_file,
+            discovered=result.discovered,
+            metrics_only=result.targets == 0,
+            discovery=result.discovery,
+            discovery_errors=result.discovery_errors,
+        )
+
+
+async def abort(context: Context, exc: Exception) -> NoReturn:
+    """End a call with FAILED_PRECONDITION for a PreconditionError, else as
+    `abort_with` maps the error."""
+    if isinstance(exc, PreconditionError):
+        await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+    await abort_with(context, exc)
 
 
 def create_service(settings: Settings, registry: CollectorRegistry) -> PublisherService:

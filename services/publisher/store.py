@@ -2,20 +2,35 @@
 
 A delivery is one request body for one target. It is recorded before any
 attempt, taken by a worker under a lease, and ends `succeeded` or `dead`.
-Deliveries of one target and one Alertmanager group are taken in the order
-they were recorded, one at a time, so a resolve never overtakes its trigger.
+Deliveries of one target and one order key are taken in the order they were
+recorded, one at a time, so a resolve never overtakes its trigger. The
+order key is the `group_key` column: the Alertmanager group key, or the
+alert for formats with one request per alert.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+import sqlite3
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
+import asyncpg
+
 from libs.db import Connection, Database, Row
+from libs.errors import UnavailableError
 
 DeliveryState = Literal["pending", "succeeded", "dead"]
+# (occurrence key, status) -> names of the targets that have a delivery of it.
+DeliveredStates = dict[tuple[str, str], frozenset[str]]
+# Builds a batch's deliveries once the states delivered before are known.
+Planner = Callable[[DeliveredStates], Sequence["NewDelivery"]]
+# Transactions retried when a concurrent Publish recorded the same alert
+# state for a target first (PostgreSQL only; SQLite serialises writers).
+RECORD_TRANSACTION_ATTEMPTS = 3
+# Occurrence keys per IN (...) list.
+KEYS_PER_QUERY = 500
 
 
 @dataclass(frozen=True)
@@ -25,6 +40,8 @@ class DeliveredAlert:
     fingerprint: str
     status: str
     state_change_id: int
+    # Fingerprint and start of the occurrence (`encoding.occurrence_key`).
+    occurrence_key: str
 
 
 @dataclass(frozen=True)
@@ -38,6 +55,8 @@ class NewDelivery:
     idempotency_key: str
     body: str
     alerts: tuple[DeliveredAlert, ...]
+    # W3C trace context that each attempt's span continues.
+    trace_context: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -53,6 +72,9 @@ class ClaimedDelivery:
     body: str
     # Attempts finished before this one.
     attempts: int
+    trace_context: Mapping[str, str] = field(default_factory=dict)
+    # Attempts made before the latest manual retry; the limit counts after.
+    attempt_offset: int = 0
 
 
 @dataclass(frozen=True)
@@ -96,6 +118,8 @@ class DeliveryRecord:
     last_response_body: str | None
     created_at: datetime
     completed_at: datetime | None
+    discarded_at: datetime | None = None
+    attempt_offset: int = 0
 
 
 @dataclass(frozen=True)
@@ -118,10 +142,11 @@ _IS_GROUP_HEAD = (
     " AND e.group_key = d.group_key AND e.id < d.id)"
 )
 
-_DELIVERY_COLUMNS = (
+DELIVERY_COLUMNS = (
     "id, batch_id, target, part, format, group_key, idempotency_key, body,"
     " alert_count, state, attempts, next_attempt_at, last_status_code,"
-    " last_error, last_response_body, created_at, completed_at"
+    " last_error, last_response_body, created_at, completed_at, discarded_at,"
+    " attempt_offset"
 )
 
 
@@ -138,11 +163,53 @@ class DeliveryStore:
         deliveries: Sequence[NewDelivery],
         now: datetime,
     ) -> bool:
-        """Record a batch and its deliveries in one transaction.
+        """Record a batch and the given deliveries in one transaction.
 
         Returns False, recording nothing, when the batch_id was recorded
         before.
         """
+        return await self.record_planned_batch(
+            batch_id, alert_count, (), lambda _: deliveries, now
+        )
+
+    async def record_planned_batch(
+        self,
+        batch_id: str,
+        alert_count: int,
+        occurrence_keys: Sequence[str],
+        plan: Planner,
+        now: datetime,
+    ) -> bool:
+        """Record a batch and the deliveries `plan` builds, in one transaction.
+
+        `plan` receives which targets already have a delivery of each state
+        of `occurrence_keys`, read in the same transaction, so it can leave
+        those out and follow triggers with their resolves. Returns False,
+        recording nothing, when the batch_id was recorded before. Raises
+        UnavailableError when concurrent calls kept recording the same
+        states first.
+        """
+        for attempt in range(1, RECORD_TRANSACTION_ATTEMPTS + 1):
+            try:
+                return await self._record_once(
+                    batch_id, alert_count, occurrence_keys, plan, now
+                )
+            except (asyncpg.UniqueViolationError, sqlite3.IntegrityError) as exc:
+                if attempt == RECORD_TRANSACTION_ATTEMPTS:
+                    raise UnavailableError(
+                        f"cannot record batch {batch_id!r}: concurrent batches "
+                        "keep recording the same alert states; retry"
+                    ) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _record_once(
+        self,
+        batch_id: str,
+        alert_count: int,
+        occurrence_keys: Sequence[str],
+        plan: Planner,
+        now: datetime,
+    ) -> bool:
         async with self.db.transaction() as conn:
             inserted = await conn.execute(
                 "INSERT INTO publisher_batches (batch_id, alert_count, received_at)"
@@ -153,7 +220,8 @@ class DeliveryStore:
             )
             if inserted != 1:
                 return False
-            for delivery in deliveries:
+            delivered = await _delivered_states(conn, occurrence_keys)
+            for delivery in plan(delivered):
                 await _insert_delivery(conn, batch_id, delivery, now)
             return True
 
@@ -182,7 +250,7 @@ class DeliveryStore:
             "  ORDER BY d.next_attempt_at, d.id"
             f"  LIMIT $5{self.db.skip_locked})"
             " RETURNING id, batch_id, target, part, format, idempotency_key,"
-            " body, attempts"
+            " body, attempts, trace_context, attempt_offset"
         )
         async with self.db.transaction() as conn:
             rows = await conn.fetch(query, owner, lease_until, now, target, limit)
@@ -196,6 +264,8 @@ class DeliveryStore:
                 idempotency_key=row["idempotency_key"],
                 body=row["body"],
                 attempts=int(row["attempts"]),
+                trace_context=row["trace_context"] or {},
+                attempt_offset=int(row["attempt_offset"]),
             )
             for row in rows
         ]
@@ -215,7 +285,7 @@ class DeliveryStore:
             f" WHERE d.state = 'pending' AND {_IS_GROUP_HEAD}"
             " GROUP BY d.target"
         )
-        return {row["target"]: _as_datetime(row["due"]) for row in rows}
+        return {row["target"]: as_datetime(row["due"]) for row in rows}
 
     async def finish_attempt(
         self,
@@ -292,18 +362,18 @@ class DeliveryStore:
 
     async def deliveries_for_batch(self, batch_id: str) -> list[DeliveryRecord]:
         rows = await self.db.fetch(
-            f"SELECT {_DELIVERY_COLUMNS} FROM publisher_deliveries"
+            f"SELECT {DELIVERY_COLUMNS} FROM publisher_deliveries"
             " WHERE batch_id = $1 ORDER BY target, part",
             batch_id,
         )
-        return [_delivery_record(row) for row in rows]
+        return [delivery_record(row) for row in rows]
 
     async def get(self, delivery_id: int) -> DeliveryRecord | None:
         row = await self.db.fetchrow(
-            f"SELECT {_DELIVERY_COLUMNS} FROM publisher_deliveries WHERE id = $1",
+            f"SELECT {DELIVERY_COLUMNS} FROM publisher_deliveries WHERE id = $1",
             delivery_id,
         )
-        return None if row is None else _delivery_record(row)
+        return None if row is None else delivery_record(row)
 
     async def attempts(self, delivery_id: int) -> list[AttemptRecord]:
         rows = await self.db.fetch(
@@ -315,7 +385,7 @@ class DeliveryStore:
         return [
             AttemptRecord(
                 attempt=int(row["attempt"]),
-                attempted_at=_as_datetime(row["attempted_at"]),
+                attempted_at=as_datetime(row["attempted_at"]),
                 status_code=row["status_code"],
                 error=row["error"],
                 response_body=row["response_body"],
@@ -331,8 +401,9 @@ async def _insert_delivery(
     delivery_id = await conn.fetchval(
         "INSERT INTO publisher_deliveries"
         " (batch_id, target, part, format, group_key, idempotency_key, body,"
-        " alert_count, state, attempts, next_attempt_at, created_at, updated_at)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', 0, $9, $9, $9)"
+        " alert_count, state, attempts, next_attempt_at, created_at, updated_at,"
+        " trace_context)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', 0, $9, $9, $9, $10)"
         " RETURNING id",
         batch_id,
         delivery.target,
@@ -343,19 +414,49 @@ async def _insert_delivery(
         delivery.body,
         len(delivery.alerts),
         now,
+        dict(delivery.trace_context),
     )
     await conn.executemany(
         "INSERT INTO publisher_delivery_alerts"
-        " (delivery_id, fingerprint, status, state_change_id)"
-        " VALUES ($1, $2, $3, $4) ON CONFLICT (delivery_id, fingerprint) DO NOTHING",
+        " (delivery_id, fingerprint, status, state_change_id, target,"
+        " occurrence_key)"
+        " VALUES ($1, $2, $3, $4, $5, $6)"
+        " ON CONFLICT (delivery_id, fingerprint) DO NOTHING",
         [
-            (delivery_id, alert.fingerprint, alert.status, alert.state_change_id)
+            (
+                delivery_id,
+                alert.fingerprint,
+                alert.status,
+                alert.state_change_id,
+                delivery.target,
+                alert.occurrence_key,
+            )
             for alert in delivery.alerts
         ],
     )
 
 
-def _delivery_record(row: Row) -> DeliveryRecord:
+async def _delivered_states(
+    conn: Connection, occurrence_keys: Sequence[str]
+) -> DeliveredStates:
+    """Return the targets that have a delivery of each state of the keys."""
+    found: dict[tuple[str, str], set[str]] = {}
+    unique = sorted(set(occurrence_keys))
+    for start in range(0, len(unique), KEYS_PER_QUERY):
+        chunk = unique[start : start + KEYS_PER_QUERY]
+        placeholders = ", ".join(f"${index + 1}" for index in range(len(chunk)))
+        rows = await conn.fetch(
+            "SELECT occurrence_key, status, target FROM publisher_delivery_alerts"
+            f" WHERE occurrence_key IN ({placeholders})",
+            *chunk,
+        )
+        for row in rows:
+            key = (row["occurrence_key"], row["status"])
+            found.setdefault(key, set()).add(row["target"])
+    return {key: frozenset(targets) for key, targets in found.items()}
+
+
+def delivery_record(row: Row) -> DeliveryRecord:
     completed_at = row["completed_at"]
     return DeliveryRecord(
         id=int(row["id"]),
@@ -369,16 +470,22 @@ def _delivery_record(row: Row) -> DeliveryRecord:
         alert_count=int(row["alert_count"]),
         state=row["state"],
         attempts=int(row["attempts"]),
-        next_attempt_at=_as_datetime(row["next_attempt_at"]),
+        next_attempt_at=as_datetime(row["next_attempt_at"]),
         last_status_code=row["last_status_code"],
         last_error=row["last_error"],
         last_response_body=row["last_response_body"],
-        created_at=_as_datetime(row["created_at"]),
-        completed_at=None if completed_at is None else _as_datetime(completed_at),
+        created_at=as_datetime(row["created_at"]),
+        completed_at=None if completed_at is None else as_datetime(completed_at),
+        discarded_at=optional_datetime(row["discarded_at"]),
+        attempt_offset=int(row["attempt_offset"]),
     )
 
 
-def _as_datetime(value: Any) -> datetime:
+def optional_datetime(value: Any) -> datetime | None:
+    return None if value is None else as_datetime(value)
+
+
+def as_datetime(value: Any) -> datetime:
     """Accept a datetime or, from SQLite expressions without a declared type,
     the text form the SQLite adapter writes."""
     if isinstance(value, datetime):

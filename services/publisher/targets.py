@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -18,9 +18,14 @@ from urllib.parse import urlsplit
 import yaml
 
 from libs.config import ConfigError
-from services.publisher.formats import FORMATS, PLANNED_FORMATS
+from services.publisher.formats import FORMATS
 
 SEVERITIES = ("critical", "warning", "info", "noise")
+# Policies of a pagerduty target for alerts classified noise: leave them out,
+# or send them with PagerDuty severity "info".
+NOISE_POLICIES = ("drop", "info")
+# Highest `rate_limit_per_second` accepted.
+MAX_RATE_LIMIT_PER_SECOND = 1000.0
 
 # Letters, digits, '.', '_' and '-': names appear in metric labels and logs.
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
@@ -32,7 +37,17 @@ RESERVED_HEADERS = frozenset(
 )
 
 _TARGET_KEYS = frozenset(
-    {"name", "format", "url", "headers", "routing_key", "enabled", "filter"}
+    {
+        "name",
+        "format",
+        "url",
+        "headers",
+        "routing_key",
+        "enabled",
+        "filter",
+        "noise_policy",
+        "rate_limit_per_second",
+    }
 )
 _FILTER_KEYS = frozenset(
     {"severity", "exclude_noise", "namespaces", "alertname_patterns", "min_confidence"}
@@ -67,6 +82,10 @@ class Target:
     filter: TargetFilter = field(default_factory=TargetFilter)
     # Where the target came from, such as "file".
     source: str = "file"
+    # pagerduty only: "drop" leaves noise out, "info" sends it as info.
+    noise_policy: str = "drop"
+    # Requests per second started at most; None for no limit.
+    rate_limit_per_second: float | None = None
 
     @property
     def endpoint(self) -> str:
@@ -212,16 +231,56 @@ def parse_target(raw: Any, *, source: str, position: int) -> Target:
             f"{label}: url contains credentials and headers set Authorization; "
             "keep only one"
         )
+    target_format = _parse_format(raw.get("format"), label)
+    routing_key = _optional_string(raw.get("routing_key"), "routing_key", label)
+    if target_format == "pagerduty" and not routing_key:
+        raise TargetConfigError(
+            f"{label}: routing_key is missing; a pagerduty target needs the "
+            "integration key of an Events API v2 integration"
+        )
+    target_filter = _parse_filter(raw.get("filter"), label)
+    noise_policy = _parse_noise_policy(raw.get("noise_policy"), target_format, label)
+    if noise_policy == "drop" and target_format == "pagerduty":
+        target_filter = replace(target_filter, exclude_noise=True)
     return Target(
         name=name,
-        format=_parse_format(raw.get("format"), label),
+        format=target_format,
         url=url,
         headers=headers,
-        routing_key=_optional_string(raw.get("routing_key"), "routing_key", label),
+        routing_key=routing_key,
         enabled=_parse_bool(raw.get("enabled", True), "enabled", label),
-        filter=_parse_filter(raw.get("filter"), label),
+        filter=target_filter,
         source=source,
+        noise_policy=noise_policy,
+        rate_limit_per_second=_parse_rate_limit(
+            raw.get("rate_limit_per_second"), label
+        ),
     )
+
+
+def _parse_noise_policy(value: Any, target_format: str, label: str) -> str:
+    if value is None:
+        return "drop"
+    if target_format != "pagerduty":
+        raise TargetConfigError(f"{label}: noise_policy applies to pagerduty only")
+    if value not in NOISE_POLICIES:
+        raise TargetConfigError(
+            f"{label}: noise_policy must be one of {', '.join(NOISE_POLICIES)}"
+        )
+    return str(value)
+
+
+def _parse_rate_limit(value: Any, label: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TargetConfigError(f"{label}: rate_limit_per_second must be a number")
+    if not 0 < value <= MAX_RATE_LIMIT_PER_SECOND:
+        raise TargetConfigError(
+            f"{label}: rate_limit_per_second must be above 0 and at most "
+            f"{MAX_RATE_LIMIT_PER_SECOND:g}, got {value}"
+        )
+    return float(value)
 
 
 def _reject_unknown_keys(
@@ -242,11 +301,6 @@ def _parse_format(value: Any, label: str) -> str:
         )
     if not isinstance(value, str):
         raise TargetConfigError(f"{label}: format must be a string")
-    if value in PLANNED_FORMATS:
-        raise TargetConfigError(
-            f"{label}: format {value!r} is not supported yet; "
-            f"use one of {', '.join(FORMATS)}"
-        )
     if value not in FORMATS:
         raise TargetConfigError(
             f"{label}: unsupported format {value!r}; "

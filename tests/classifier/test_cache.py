@@ -1,9 +1,13 @@
-"""Verdict cache: key rules, LRU eviction and TTL."""
+"""Verdict cache: key rules, LRU eviction, TTL, and the Redis store."""
 
 from __future__ import annotations
 
-from services.classifier.cache import MemoryVerdictCache, cache_key
-from services.classifier.llm import ModelVerdict
+import socket
+
+import redis.asyncio as redis
+
+from services.classifier.cache import MemoryVerdictCache, RedisVerdictCache, cache_key
+from services.classifier.reply import ModelVerdict
 from services.classifier.rules import Severity
 
 VERDICT = ModelVerdict(Severity.INFO, 0.5, "Fine.", ("Look.",), "m")
@@ -55,47 +59,125 @@ def test_cache_key_model_matters() -> None:
     assert cache_key(LABELS, {}, "a") != cache_key(LABELS, {}, "b")
 
 
+def test_cache_key_prompt_matters() -> None:
+    assert cache_key(LABELS, {}, "m", "p1") != cache_key(LABELS, {}, "m", "p2")
+
+
 def test_cache_key_versioned() -> None:
     assert cache_key(LABELS, {}, "m").startswith("v1:")
 
 
-async def test_cache_round_trip() -> None:
-    cache = MemoryVerdictCache(60, 10)
+def test_cache_key_added_annotation_matters() -> None:
+    first = {"summary": "Disk full", "description": "at 91%"}
+    second = {"summary": "Disk full", "description": "at 99%", "extra": "x"}
 
-    await cache.set("k", VERDICT)
+    assert cache_key(LABELS, first, "m") != cache_key(LABELS, second, "m")
+
+
+async def test_cache_round_trip() -> None:
+    cache = MemoryVerdictCache(10)
+
+    await cache.set("k", VERDICT, 60)
 
     assert await cache.get("k") == VERDICT
 
 
 async def test_cache_expires() -> None:
     clock = Clock()
-    cache = MemoryVerdictCache(60, 10, clock=clock)
-    await cache.set("k", VERDICT)
+    cache = MemoryVerdictCache(10, clock=clock)
+    await cache.set("k", VERDICT, 60)
     clock.now += 60
 
     assert await cache.get("k") is None
     assert len(cache) == 0
 
 
+async def test_cache_ttl_per_entry() -> None:
+    clock = Clock()
+    cache = MemoryVerdictCache(10, clock=clock)
+    await cache.set("short", VERDICT, 10)
+    await cache.set("long", VERDICT, 100)
+    clock.now += 50
+
+    assert await cache.get("short") is None
+    assert await cache.get("long") == VERDICT
+
+
 async def test_cache_evicts_least_recent() -> None:
-    cache = MemoryVerdictCache(60, 2)
-    await cache.set("a", VERDICT)
-    await cache.set("b", VERDICT)
+    cache = MemoryVerdictCache(2)
+    await cache.set("a", VERDICT, 60)
+    await cache.set("b", VERDICT, 60)
     await cache.get("a")
 
-    await cache.set("c", VERDICT)
+    await cache.set("c", VERDICT, 60)
 
     assert await cache.get("b") is None
     assert await cache.get("a") == VERDICT
 
 
 async def test_cache_ttl_zero_disabled() -> None:
-    cache = MemoryVerdictCache(0, 10)
+    cache = MemoryVerdictCache(10)
 
-    await cache.set("k", VERDICT)
+    await cache.set("k", VERDICT, 0)
 
     assert await cache.get("k") is None
 
 
-def test_verdict_json_round_trip() -> None:
-    assert ModelVerdict.from_json(VERDICT.to_json()) == VERDICT
+async def test_redis_cache_round_trip(
+    redis_client: redis.Redis, redis_prefix: str
+) -> None:
+    cache = RedisVerdictCache(redis_client, redis_prefix)
+
+    await cache.set("v1:abc", VERDICT, 60)
+
+    assert await cache.get("v1:abc") == VERDICT
+    assert await redis_client.exists(f"{redis_prefix}verdict:v1:abc") == 1
+
+
+async def test_redis_cache_ttl(redis_client: redis.Redis, redis_prefix: str) -> None:
+    cache = RedisVerdictCache(redis_client, redis_prefix)
+
+    await cache.set("k", VERDICT, 30)
+
+    ttl = await redis_client.pttl(f"{redis_prefix}verdict:k")
+    assert 0 < ttl <= 30_000
+
+
+async def test_redis_cache_miss(redis_client: redis.Redis, redis_prefix: str) -> None:
+    cache = RedisVerdictCache(redis_client, redis_prefix)
+
+    assert await cache.get("absent") is None
+
+
+async def test_redis_cache_malformed_is_miss(
+    redis_client: redis.Redis, redis_prefix: str
+) -> None:
+    cache = RedisVerdictCache(redis_client, redis_prefix)
+    await redis_client.set(f"{redis_prefix}verdict:k", '{"severity": "loud"}')
+
+    assert await cache.get("k") is None
+
+
+async def test_redis_cache_ttl_zero_disabled(
+    redis_client: redis.Redis, redis_prefix: str
+) -> None:
+    cache = RedisVerdictCache(redis_client, redis_prefix)
+
+    await cache.set("k", VERDICT, 0)
+
+    assert await cache.get("k") is None
+
+
+async def test_redis_cache_down_misses() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    client = redis.from_url(f"redis://127.0.0.1:{port}/0")
+    cache = RedisVerdictCache(client, "unused:")
+    try:
+        await cache.set("k", VERDICT, 60)
+        found = await cache.get("k")
+    finally:
+        await client.aclose()
+
+    assert found is None

@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import Mapping
-from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -17,7 +15,8 @@ from libs.config import Settings
 from libs.errors import InvalidInputError
 from services.classifier.cache import MemoryVerdictCache
 from services.classifier.classifier import Classifier, ClassifierMetrics
-from services.classifier.llm import ChatModelClient, LLMMetrics, ModelVerdict
+from services.classifier.prompt import Messages
+from services.classifier.reply import ModelVerdict
 from tests.classifier.conftest import (
     ClassifierFactory,
     case_alert,
@@ -272,13 +271,26 @@ async def test_classify_floor_allows_raise(
 async def test_classify_http_500_falls_back(
     fake_llm: FakeLLM, make_classifier: ClassifierFactory
 ) -> None:
-    fake_llm.enqueue(status=500, body="upstream failed")
+    fake_llm.default_status = 500
     classifier = await make_classifier()
 
     result = await classifier.classify(make_alert(TARGET_DOWN))
 
     assert result.source == RULES
     assert result.fallback_reason == "http_error"
+    assert len(fake_llm.requests) == 3
+
+
+async def test_classify_http_500_retried(
+    fake_llm: FakeLLM, make_classifier: ClassifierFactory
+) -> None:
+    fake_llm.enqueue(status=500, body="upstream failed")
+    classifier = await make_classifier()
+
+    result = await classifier.classify(make_alert(TARGET_DOWN))
+
+    assert result.source == MODEL
+    assert len(fake_llm.requests) == 2
 
 
 async def test_classify_connection_refused_falls_back(
@@ -492,7 +504,9 @@ async def test_batch_unlabeled_alert_named(make_classifier: ClassifierFactory) -
 class _BrokenModel:
     model = "broken"
 
-    async def classify(self, alert: Mapping[str, Any]) -> ModelVerdict:
+    async def classify(
+        self, messages: Messages, deadline: float | None = None
+    ) -> ModelVerdict:
         raise RuntimeError("bug")
 
     async def close(self) -> None:
@@ -503,7 +517,7 @@ class _BrokenCache:
     async def get(self, key: str) -> ModelVerdict | None:
         raise ConnectionError("cache down")
 
-    async def set(self, key: str, verdict: ModelVerdict) -> None:
+    async def set(self, key: str, verdict: ModelVerdict, ttl_seconds: float) -> None:
         raise ConnectionError("cache down")
 
     async def close(self) -> None:
@@ -513,7 +527,7 @@ class _BrokenCache:
 async def test_classify_unexpected_model_error() -> None:
     settings = Settings.model_validate({"llm_proxy_url": "http://127.0.0.1:1"})
     metrics = ClassifierMetrics(CollectorRegistry())
-    cache = MemoryVerdictCache(60, 10)
+    cache = MemoryVerdictCache(10)
     classifier = Classifier(settings, metrics, cache, _BrokenModel())
 
     result = await classifier.classify(make_alert(TARGET_DOWN))
@@ -523,15 +537,11 @@ async def test_classify_unexpected_model_error() -> None:
     assert result.fallback_reason == "internal_error"
 
 
-async def test_classify_cache_errors_ignored(fake_llm: FakeLLM) -> None:
-    registry = CollectorRegistry()
-    settings = Settings.model_validate({"llm_proxy_url": fake_llm.url})
-    model = ChatModelClient(fake_llm.url, "test-model", None, 5, LLMMetrics(registry))
-    classifier = Classifier(
-        settings, ClassifierMetrics(registry), _BrokenCache(), model
-    )
+async def test_classify_cache_errors_ignored(
+    fake_llm: FakeLLM, make_classifier: ClassifierFactory
+) -> None:
+    classifier = await make_classifier(cache=_BrokenCache())
 
     result = await classifier.classify(make_alert(TARGET_DOWN))
-    await classifier.close()
 
     assert result.source == MODEL

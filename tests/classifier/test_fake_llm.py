@@ -11,13 +11,15 @@ import aiohttp
 import pytest
 from prometheus_client import CollectorRegistry
 
-from services.classifier.llm import ChatModelClient, LLMMetrics, ModelFailure
+from services.classifier.llm import ChatModelClient, Endpoint, LLMMetrics
+from services.classifier.prompt import build_messages
+from services.classifier.reply import ModelFailure
 from services.classifier.rules import Severity
 from tests.classifier.conftest import CASES
 from tests.fakes.llm import completion
 
 ROOT = Path(__file__).resolve().parent.parent.parent
-PAYLOAD = {"labels": {"alertname": "TargetDown"}, "annotations": {}}
+MESSAGES = build_messages({"labels": {"alertname": "TargetDown"}, "annotations": {}})
 
 
 async def _start(*args: str) -> tuple[asyncio.subprocess.Process, str]:
@@ -51,7 +53,8 @@ async def fake_process() -> AsyncIterator[str]:
 
 
 def _client(url: str) -> ChatModelClient:
-    return ChatModelClient(url, "test-model", None, 5, LLMMetrics(CollectorRegistry()))
+    endpoint = Endpoint(url, timeout_seconds=5, max_attempts=1)
+    return ChatModelClient(endpoint, "test-model", LLMMetrics(CollectorRegistry()))
 
 
 async def test_fake_process_scripted(fake_process: str) -> None:
@@ -71,8 +74,8 @@ async def test_fake_process_scripted(fake_process: str) -> None:
             assert reply.status == 200
 
         with pytest.raises(ModelFailure):
-            await client.classify(PAYLOAD)
-        verdict = await client.classify(PAYLOAD)
+            await client.classify(MESSAGES)
+        verdict = await client.classify(MESSAGES)
 
         async with session.get(f"{fake_process}/_control/requests") as reply:
             recorded = await reply.json()
@@ -97,7 +100,7 @@ async def test_fake_process_response_file() -> None:
     process, url = await _start("--response-file", str(CASES / "r03" / "llm.json"))
     client = _client(url)
     try:
-        verdict = await client.classify(PAYLOAD)
+        verdict = await client.classify(MESSAGES)
     finally:
         await client.close()
         await _stop(process)

@@ -12,6 +12,7 @@ from services.classifier.rules import (
     LABEL_CONFIDENCE,
     PATTERN_CONFIDENCE,
     Severity,
+    classify_by_keywords,
     classify_by_rules,
     declared_severity,
     split_words,
@@ -123,7 +124,7 @@ def test_rules_unknown_label_uses_annotation() -> None:
     ],
 )
 def test_rules_name_pattern(name: str, expected: Severity) -> None:
-    verdict = classify_by_rules({"alertname": name}, {})
+    verdict = classify_by_keywords({"alertname": name}, {})
 
     assert verdict.severity is expected
     assert verdict.rule == "name_pattern"
@@ -131,20 +132,22 @@ def test_rules_name_pattern(name: str, expected: Severity) -> None:
 
 
 def test_rules_summary_pattern() -> None:
-    verdict = classify_by_rules({"alertname": "Checkout"}, {"summary": "API is down"})
+    verdict = classify_by_keywords(
+        {"alertname": "Checkout"}, {"summary": "API is down"}
+    )
 
     assert verdict.severity is Severity.CRITICAL
     assert verdict.rule == "name_pattern"
 
 
 def test_rules_pattern_needs_word_start() -> None:
-    verdict = classify_by_rules({"alertname": "CacheCooldown"}, {})
+    verdict = classify_by_keywords({"alertname": "CacheCooldown"}, {})
 
     assert verdict.rule == "default"
 
 
 def test_rules_default_is_low_confidence_warning() -> None:
-    verdict = classify_by_rules({"service": "checkout"}, {})
+    verdict = classify_by_keywords({"service": "checkout"}, {})
 
     assert verdict.severity is Severity.WARNING
     assert verdict.rule == "default"
@@ -189,7 +192,7 @@ def test_rules_name_patterns_on_public_rules() -> None:
         truth = mapped.get(rule["severity_raw"], rule["severity_class"])
         if truth not in ("critical", "warning", "info"):
             continue
-        verdict = classify_by_rules(
+        verdict = classify_by_keywords(
             {"alertname": rule["alertname"]}, {"summary": rule["summary"] or ""}
         )
         total += 1

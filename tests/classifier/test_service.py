@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -13,11 +17,12 @@ from prometheus_client import CollectorRegistry
 
 from alerthistory.alert.v1 import alert_pb2
 from alerthistory.classifier.v1 import classifier_pb2, classifier_pb2_grpc
-from libs.config import Settings
+from libs.config import ConfigError, Settings
 from libs.grpcserver import GrpcService, start_service
 from services.classifier.service import SERVICE_NAME, create_service
 from tests.classifier.conftest import case_alert, case_completion, make_alert
 from tests.fakes.llm import FakeLLM
+from tests.harness import ROOT, free_port
 
 Stub = classifier_pb2_grpc.ClassifierServiceStub
 
@@ -29,6 +34,7 @@ async def channel(fake_llm: FakeLLM) -> AsyncIterator[grpc.aio.Channel]:
             "llm_proxy_url": f"{fake_llm.url}/v1",
             "llm_model": "test-model",
             "classifier_max_batch": 3,
+            "classifier_context_timeout_seconds": 0,
         }
     )
     registry = CollectorRegistry()
@@ -157,3 +163,69 @@ async def test_service_batch_size_rejected(
         await Stub(channel).BatchClassify(request, timeout=5)
 
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_service_template_file_missing(tmp_path: Path) -> None:
+    path = tmp_path / "prompts" / "classify.txt"
+    settings = Settings.model_validate({"llm_prompt_template_file": str(path)})
+
+    with pytest.raises(ConfigError) as caught:
+        create_service(settings, CollectorRegistry())
+
+    assert str(path) in str(caught.value)
+
+
+def test_service_template_placeholder_missing(tmp_path: Path) -> None:
+    path = tmp_path / "classify.txt"
+    path.write_text("Classify {alert_data} please.")
+    settings = Settings.model_validate({"llm_prompt_template_file": str(path)})
+
+    with pytest.raises(ConfigError) as caught:
+        create_service(settings, CollectorRegistry())
+
+    assert "{historical_context}" in str(caught.value)
+
+
+def test_service_start_fails_on_bad_template(tmp_path: Path) -> None:
+    path = tmp_path / "classify.txt"
+    path.write_text("no placeholders")
+    env = {
+        **os.environ,
+        "LLM_PROMPT_TEMPLATE_FILE": str(path),
+        "LISTEN_HOST": "127.0.0.1",
+        "GRPC_PORT": str(free_port()),
+        "METRICS_PORT": str(free_port()),
+    }
+
+    result = subprocess.run(
+        [sys.executable, "-m", "libs.cli", "serve", "classifier"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert result.returncode == 2
+    assert str(path) in result.stderr
+
+
+async def test_service_template_used(fake_llm: FakeLLM, tmp_path: Path) -> None:
+    path = tmp_path / "classify.txt"
+    path.write_text("Our rules.\n{alert_data}\n{historical_context}")
+    settings = Settings.model_validate(
+        {
+            "llm_proxy_url": fake_llm.url,
+            "llm_prompt_template_file": str(path),
+            "classifier_context_timeout_seconds": 0,
+        }
+    )
+    service = create_service(settings, CollectorRegistry())
+    try:
+        await service.classifier.classify(make_alert({"alertname": "X"}))
+    finally:
+        await service.close()
+
+    user = fake_llm.requests[0].messages[1]["content"]
+    assert user.startswith("Our rules.\n<alert_data>")

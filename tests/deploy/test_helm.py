@@ -28,8 +28,8 @@ PRODUCTION = CHART / "values-production.yaml"
 RELEASE = "ah"
 NAMESPACE = "alerts"
 KUBERNETES_VERSION = "1.30.0"
-SERVICES = ("gateway", "history", "classifier", "publisher")
-GRPC_SERVICES = ("history", "classifier", "publisher")
+SERVICES = ("gateway", "history", "classifier", "publisher", "recommender")
+GRPC_SERVICES = ("history", "classifier", "publisher", "recommender")
 CRD_API_VERSION = "monitoring.coreos.com/v1"
 CRD_KINDS = ("ServiceMonitor", "PrometheusRule")
 SETTING_NAMES = frozenset(name.upper() for name in Settings.model_fields)
@@ -217,16 +217,15 @@ def test_default_has_no_hpa(default_docs):
     assert of_kind(default_docs, "HorizontalPodAutoscaler") == []
 
 
-def test_recommender_disabled_by_default(default_docs):
-    names = [doc["metadata"]["name"] for doc in default_docs]
+def test_recommender_enabled_by_default(default_docs):
+    assert find(default_docs, "Deployment", component("recommender")) is not None
+
+
+def test_recommender_disabled_renders_none():
+    docs = render("--set", "recommender.enabled=false")
+    names = [doc["metadata"]["name"] for doc in docs]
 
     assert component("recommender") not in names
-
-
-def test_recommender_enabled_renders(default_docs):
-    docs = render("--set", "recommender.enabled=true")
-
-    assert find(docs, "Deployment", component("recommender")) is not None
 
 
 def test_hpa_cpu_and_memory_targets(production_docs):
@@ -304,6 +303,21 @@ def test_no_rbac_without_discovery(default_docs):
     kinds = {doc["kind"] for doc in default_docs}
 
     assert not kinds & {"Role", "RoleBinding"}
+
+
+def test_discovery_config_is_publisher_env(production_docs):
+    name = production_component("target-discovery")
+    config = find(production_docs, "ConfigMap", name)
+    publisher = find(production_docs, "Deployment", production_component("publisher"))
+    assert config is not None
+    assert publisher is not None
+    sources = container(publisher).get("envFrom", [])
+
+    assert set(config["data"]) <= SETTING_NAMES
+    assert config["data"]["TARGET_DISCOVERY_NAMESPACES"] == (
+        "monitoring,platform-alerting"
+    )
+    assert sources == [{"configMapRef": {"name": name}}]
 
 
 def test_only_publisher_mounts_token(production_docs):

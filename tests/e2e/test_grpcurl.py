@@ -19,6 +19,7 @@ SERVICES = {
     "history": "alerthistory.history.v1.HistoryService",
     "classifier": "alerthistory.classifier.v1.ClassifierService",
     "publisher": "alerthistory.publisher.v1.PublisherService",
+    "recommender": "alerthistory.recommender.v1.RecommenderService",
 }
 CALLS = {
     "history": ("ListOccurrences", {"limit": 1}),
@@ -34,6 +35,7 @@ CALLS = {
         },
     ),
     "publisher": ("ListTargets", {}),
+    "recommender": ("ListRecommendations", {"limit": 10}),
 }
 
 

@@ -17,7 +17,11 @@ A test scripts the process with `POST /_control/responses` (one object or a
 list, each with the fields of `ScriptedResponse`), reads what it received with
 `GET /_control/requests`, and clears both with `POST /_control/reset`.
 Each request takes the first queued response whose `match` is empty or occurs
-in the request body; with none queued it gets the default verdict.
+in the request body; with none queued it gets the default verdict, or the
+status `default_status` when a test set one to play a failing model.
+
+Besides `/v1/chat/completions` the server answers Azure OpenAI's
+`/openai/deployments/{deployment}/chat/completions`.
 """
 
 from __future__ import annotations
@@ -76,7 +80,8 @@ class ScriptedResponse:
     """One scripted reply: a completion body, or an HTTP status with a body.
 
     `delay` is seconds to wait before replying. Without `completion` or
-    `body`, a 200 reply carries the server's default completion.
+    `body`, a 200 reply carries the server's default completion. `headers`
+    are added to the reply, such as Retry-After.
     """
 
     completion: dict[str, Any] | None = None
@@ -84,12 +89,14 @@ class ScriptedResponse:
     body: str | dict[str, Any] | None = None
     delay: float = 0.0
     match: str | None = None
+    headers: dict[str, str] | None = None
 
     @classmethod
     def from_json(cls, data: Any) -> ScriptedResponse:
         if not isinstance(data, dict):
             raise ValueError("each scripted response must be a JSON object")
-        unknown = set(data) - {"completion", "status", "body", "delay", "match"}
+        fields = {"completion", "status", "body", "delay", "match", "headers"}
+        unknown = set(data) - fields
         if unknown:
             raise ValueError(f"unknown fields in scripted response: {sorted(unknown)}")
         return cls(
@@ -98,6 +105,7 @@ class ScriptedResponse:
             body=data.get("body"),
             delay=float(data.get("delay", 0.0)),
             match=data.get("match"),
+            headers=data.get("headers"),
         )
 
 
@@ -109,6 +117,7 @@ class RecordedRequest:
     headers: dict[str, str]
     body: Any
     text: str = field(repr=False, default="")
+    query: dict[str, str] = field(default_factory=dict)
 
     @property
     def messages(self) -> list[dict[str, Any]]:
@@ -132,6 +141,8 @@ class FakeLLM:
         self.port = port
         self.default_delay = delay
         self.default = default if default is not None else completion()
+        # When set, unscripted requests get this status instead of `default`.
+        self.default_status: int | None = None
         self.requests: list[RecordedRequest] = []
         self._queue: list[ScriptedResponse] = []
         self._runner: web.AppRunner | None = None
@@ -150,9 +161,12 @@ class FakeLLM:
         body: str | dict[str, Any] | None = None,
         delay: float = 0.0,
         match: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         """Queue one reply; see `ScriptedResponse` for the fields."""
-        self._queue.append(ScriptedResponse(completion, status, body, delay, match))
+        self._queue.append(
+            ScriptedResponse(completion, status, body, delay, match, headers)
+        )
 
     def reset(self) -> None:
         self._queue.clear()
@@ -160,12 +174,16 @@ class FakeLLM:
 
     @property
     def completion_requests(self) -> list[RecordedRequest]:
-        return [r for r in self.requests if r.path == "/v1/chat/completions"]
+        return [r for r in self.requests if r.path.endswith("/chat/completions")]
 
     async def start(self) -> None:
         self._stopping.clear()
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat_completions)
+        app.router.add_post(
+            "/openai/deployments/{deployment}/chat/completions",
+            self._chat_completions,
+        )
         app.router.add_post("/_control/responses", self._control_enqueue)
         app.router.add_get("/_control/requests", self._control_requests)
         app.router.add_post("/_control/reset", self._control_reset)
@@ -202,7 +220,9 @@ class FakeLLM:
         except ValueError:
             body = text
         self.requests.append(
-            RecordedRequest(request.path, dict(request.headers), body, text)
+            RecordedRequest(
+                request.path, dict(request.headers), body, text, dict(request.query)
+            )
         )
 
         scripted = self._take(text)
@@ -210,10 +230,15 @@ class FakeLLM:
         if delay > 0 and await self._stopped_during(delay):
             return web.Response(status=503, text="fake model server is stopping")
         if scripted is None:
+            if self.default_status is not None:
+                return _raw_response(self.default_status, "fake model failure")
             return web.json_response(self.default)
         if scripted.status != 200 or scripted.body is not None:
-            return _raw_response(scripted.status, scripted.body)
-        return web.json_response(scripted.completion or self.default)
+            response = _raw_response(scripted.status, scripted.body)
+        else:
+            response = web.json_response(scripted.completion or self.default)
+        response.headers.update(scripted.headers or {})
+        return response
 
     def _take(self, text: str) -> ScriptedResponse | None:
         for index, scripted in enumerate(self._queue):
@@ -240,7 +265,7 @@ class FakeLLM:
 
     async def _control_requests(self, _: web.Request) -> web.Response:
         recorded = [
-            {"path": r.path, "headers": r.headers, "body": r.body}
+            {"path": r.path, "headers": r.headers, "body": r.body, "query": r.query}
             for r in self.requests
         ]
         return web.json_response(recorded)

@@ -4,6 +4,7 @@ In process:
 
     async with Receiver() as receiver:
         receiver.script("/hook", [Reply(500), Reply(200)])
+        receiver.respond("/pd", lambda request: Reply(202, ...))
         ... POST to receiver.url("/hook") ...
         receiver.requests  # every RecordedRequest, in arrival order
 
@@ -24,6 +25,7 @@ import asyncio
 import json
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from types import TracebackType
 from typing import Any
@@ -72,6 +74,7 @@ class Receiver:
         self.port = port
         self.requests: list[RecordedRequest] = []
         self._scripts: dict[str, _Script] = {}
+        self._responders: dict[str, Callable[[RecordedRequest], Reply]] = {}
         self._runner: web.AppRunner | None = None
         self._arrived = asyncio.Condition()
 
@@ -84,6 +87,11 @@ class Receiver:
         receiver returns 200 with an empty body.
         """
         self._scripts[path] = _Script(list(replies), repeat_last)
+
+    def respond(self, path: str, responder: Callable[[RecordedRequest], Reply]) -> None:
+        """Build the reply to requests to `path` from each request, once the
+        path's script has no reply left."""
+        self._responders[path] = responder
 
     def url(self, path: str = "/") -> str:
         return f"http://{self.host}:{self.port}{path}"
@@ -108,6 +116,7 @@ class Receiver:
     def reset(self) -> None:
         self.requests.clear()
         self._scripts.clear()
+        self._responders.clear()
 
     async def start(self) -> None:
         app = web.Application()
@@ -160,15 +169,16 @@ class Receiver:
             self.requests.append(recorded)
             self._arrived.notify_all()
 
-        reply = self._next_reply(request.path)
+        reply = self._next_reply(recorded)
         if reply.delay:
             await asyncio.sleep(reply.delay)
         return web.Response(status=reply.status, text=reply.body, headers=reply.headers)
 
-    def _next_reply(self, path: str) -> Reply:
-        script = self._scripts.get(path)
+    def _next_reply(self, request: RecordedRequest) -> Reply:
+        script = self._scripts.get(request.path)
         if script is None or not script.replies:
-            return Reply()
+            responder = self._responders.get(request.path)
+            return Reply() if responder is None else responder(request)
         if len(script.replies) == 1 and script.repeat_last:
             return script.replies[0]
         return script.replies.pop(0)

@@ -26,6 +26,10 @@ from tests.publisher.conftest import (
 )
 
 
+def numbered_alert(index: int) -> Any:
+    return publish_alert(fingerprint=f"{index:016x}")
+
+
 def target(receiver: Receiver, name: str = "hook", **values: Any) -> dict[str, Any]:
     return {
         "name": name,
@@ -251,7 +255,9 @@ async def test_slow_target_not_blocking(
     async with running_publisher(settings) as service:
         for index in range(3):
             await service.publish(
-                publish_request(f"b-slow-{index}", group_key=f"g{index}")
+                publish_request(
+                    f"b-slow-{index}", [numbered_alert(index)], group_key=f"g{index}"
+                )
             )
         started = time.monotonic()
         await receiver.wait_for_requests(3, "/fast", wait_seconds=5.0)
@@ -273,7 +279,9 @@ async def test_concurrency_per_target_limit(
     async with running_publisher(settings) as service:
         for index in range(3):
             await service.publish(
-                publish_request(f"b-limit-{index}", group_key=f"g{index}")
+                publish_request(
+                    f"b-limit-{index}", [numbered_alert(index)], group_key=f"g{index}"
+                )
             )
         requests = await receiver.wait_for_requests(3, "/hook", wait_seconds=5.0)
 
@@ -371,7 +379,11 @@ async def test_two_replicas_send_once(
     ):
         for index, batch_id in enumerate(batches):
             service = first if index % 2 else second
-            await service.publish(publish_request(batch_id, group_key=f"g{index % 4}"))
+            await service.publish(
+                publish_request(
+                    batch_id, [numbered_alert(index)], group_key=f"g{index % 4}"
+                )
+            )
         for batch_id in batches:
             await wait_for_delivery(first, batch_id, lambda d: d.state == "succeeded")
         await asyncio.sleep(0.3)

@@ -26,8 +26,8 @@ ALERTMANAGER = Target(name="am", format="alertmanager", url="https://h.example/"
 
 
 def render(builder: Any, request: publisher_pb2.PublishRequest) -> tuple[str, Any]:
-    (body,) = builder(request.notification, list(request.alerts), WEBHOOK)
-    text = encode_body(body)
+    (message,) = builder(request.notification, list(request.alerts), WEBHOOK)
+    text = encode_body(message.body)
     return text, json.loads(text)
 
 
@@ -61,7 +61,13 @@ def mixed_request() -> publisher_pb2.PublishRequest:
 
 
 def test_formats_registry_names() -> None:
-    assert sorted(FORMATS) == ["alertmanager", "webhook"]
+    assert sorted(FORMATS) == [
+        "alertmanager",
+        "pagerduty",
+        "rootly",
+        "slack",
+        "webhook",
+    ]
 
 
 def test_webhook_metadata() -> None:
@@ -120,8 +126,8 @@ def test_alertmanager_keeps_only_filtered() -> None:
         TargetFilter(severities=frozenset({"critical", "warning"})), request.alerts
     )
 
-    (body,) = build_alertmanager(request.notification, result.passed, ALERTMANAGER)
-    parsed = json.loads(encode_body(body))
+    (message,) = build_alertmanager(request.notification, result.passed, ALERTMANAGER)
+    parsed = json.loads(encode_body(message.body))
 
     assert [a["fingerprint"] for a in parsed["alerts"]] == [
         "41008caa60fccf9f",
@@ -192,9 +198,9 @@ def test_alertmanager_resolved_only_status() -> None:
         item for item in request.alerts if item.alert.fingerprint == "d6f2236c72c9808e"
     ]
 
-    (body,) = build_alertmanager(request.notification, resolved, ALERTMANAGER)
+    (message,) = build_alertmanager(request.notification, resolved, ALERTMANAGER)
 
-    assert body["status"] == "resolved"
+    assert message.body["status"] == "resolved"
 
 
 @pytest.mark.parametrize("builder", [build_webhook, build_alertmanager])

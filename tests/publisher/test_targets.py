@@ -129,9 +129,9 @@ INVALID_CASES = [
         "'t1': unsupported format 'teams'",
     ),
     (
-        "planned_format",
+        "pagerduty_without_routing_key",
         "- name: t1\n  format: pagerduty\n  url: https://h.example/\n",
-        "'t1': format 'pagerduty' is not supported yet",
+        "'t1': routing_key is missing",
     ),
     (
         "duplicate_names",

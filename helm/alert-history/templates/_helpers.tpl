@@ -129,6 +129,7 @@ history publisher recommender
   "HISTORY_ADDR" (include "alert-history.address" (dict "root" $root "name" "history"))
   "CLASSIFIER_ADDR" (include "alert-history.address" (dict "root" $root "name" "classifier"))
   "PUBLISHER_ADDR" (include "alert-history.address" (dict "root" $root "name" "publisher"))
+  "RECOMMENDER_ADDR" (include "alert-history.address" (dict "root" $root "name" "recommender"))
   "OTEL_SERVICE_NAME" (printf "alert-history-%s" .name)
   "OTEL_TRACES_SAMPLER" $root.Values.otel.sampler
   "OTEL_TRACES_SAMPLER_ARG" (toString $root.Values.otel.samplerArg)
