@@ -137,6 +137,11 @@ class Database:
                     max_size=self.pool_size,
                     init=_init_postgres_connection,
                     command_timeout=30,
+                    # asyncpg prepares every statement, and PostgreSQL may
+                    # keep a generic plan made while a table was empty: a
+                    # sequential scan that it never replans as the table grows
+                    # unless ANALYZE runs. Custom plans use the current size.
+                    server_settings={"plan_cache_mode": "force_custom_plan"},
                 )
             else:
                 await self._connect_sqlite()

@@ -14,6 +14,13 @@ Alertmanager does at every group_interval (--repeats), then resolves. Each
 run prints alerts per second accepted, answer latency p50 and p99,
 end-to-end latency from webhook to the local target (p50, p99), model calls
 per alert, and CPU seconds per 1,000 alerts for each service and PostgreSQL.
+
+--burst N posts N new firing alerts as fast as --concurrency allows and
+reports the seconds until the target received every one and how many never
+arrived. --replicas 2 starts two processes of every service on the same
+database and Redis, splits the webhooks across both gateways, and counts
+alert states that were stored, classified, recorded for delivery or received
+by the target more than once.
 """
 
 from __future__ import annotations
@@ -29,12 +36,14 @@ import subprocess
 import sys
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import asyncpg
 from aiohttp import web
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -119,6 +128,20 @@ def webhook_stream(
         yield notification(resolved, "resolved"), True
 
 
+def burst_stream(
+    rules: list[dict[str, Any]], group_size: int, alerts: int, run_id: str
+) -> Iterator[tuple[dict[str, Any], bool]]:
+    """Yield firing webhooks of new groups until `alerts` alerts are sent."""
+    shuffled = list(rules)
+    random.Random(7).shuffle(shuffled)
+    for start in range(0, alerts, group_size):
+        group = [
+            alert_from_rule(shuffled[serial % len(shuffled)], run_id, serial)
+            for serial in range(start, min(start + group_size, alerts))
+        ]
+        yield notification(group, "firing"), True
+
+
 @dataclass
 class Results:
     answers: list[float] = field(default_factory=list)
@@ -127,6 +150,8 @@ class Results:
     failures: dict[int, int] = field(default_factory=dict)
     sent_at: dict[tuple[str, str], float] = field(default_factory=dict)
     received_at: dict[tuple[str, str], float] = field(default_factory=dict)
+    # Requests the target received per (fingerprint, status).
+    received_count: Counter[tuple[str, str]] = field(default_factory=Counter)
 
 
 class LocalTarget:
@@ -150,6 +175,7 @@ class LocalTarget:
         for alert in body.get("alerts", []):
             key = (alert["fingerprint"], alert["status"])
             self.results.received_at.setdefault(key, now)
+            self.results.received_count[key] += 1
         return web.json_response({"status": "ok"})
 
     async def stop(self) -> None:
@@ -158,14 +184,15 @@ class LocalTarget:
 
 
 async def drive(
-    url: str,
+    urls: list[str],
     stream: Iterator[tuple[dict[str, Any], bool]],
     results: Results,
     duration: float,
     concurrency: int,
     rate: float | None,
 ) -> float:
-    """Post webhooks for `duration` seconds; return the seconds actually spent."""
+    """Post webhooks for `duration` seconds or until `stream` ends, worker i
+    to gateway i modulo the number of URLs; return the seconds spent."""
     started = time.perf_counter()
     deadline = started + duration
     interval = None if rate is None else concurrency / rate
@@ -180,7 +207,11 @@ async def drive(
                     if delay > 0:
                         await asyncio.sleep(delay)
                     next_send += interval
-                body, carries_new = next(stream)
+                item = next(stream, None)
+                if item is None:
+                    return
+                body, carries_new = item
+                url = urls[index % len(urls)]
                 await post_one(session, url, body, carries_new, results)
 
         await asyncio.gather(*(worker(i) for i in range(concurrency)))
@@ -286,7 +317,7 @@ async def run(args: argparse.Namespace) -> int:
 
     if not args.start:
         spent = await drive(
-            args.url, stream, results, args.duration, args.concurrency, args.rate
+            [args.url], stream, results, args.duration, args.concurrency, args.rate
         )
         print(report(results, spent, {}, None, 0.0))
         return 0
@@ -323,35 +354,109 @@ async def run(args: argparse.Namespace) -> int:
         "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
         "OTEL_TRACES_SAMPLER_ARG": str(args.trace_sampling),
     }
-    mesh = Mesh(folder, env)
-    mesh.env["LOG_LEVEL"] = args.log_level
+    meshes = [Mesh(folder, env) for _ in range(args.replicas)]
     try:
-        await asyncio.to_thread(mesh.start)
-        pids = {name: [p.pid] for name, p in mesh.processes.items()}
+        for mesh in meshes:
+            mesh.env["LOG_LEVEL"] = args.log_level
+            await asyncio.to_thread(mesh.start)
+        pids: dict[str, list[int]] = {}
+        for mesh in meshes:
+            for name, process in mesh.processes.items():
+                pids.setdefault(name, []).append(process.pid)
         before = {name: cpu_seconds(p) for name, p in pids.items()}
         before["postgresql"] = cpu_seconds(postgres_pids())
 
+        urls = [mesh.url for mesh in meshes]
+        if args.burst:
+            stream = burst_stream(rules, args.group_size, args.burst, run_id)
         spent = await drive(
-            mesh.url, stream, results, args.duration, args.concurrency, args.rate
+            urls,
+            stream,
+            results,
+            float("inf") if args.burst else args.duration,
+            args.concurrency,
+            args.rate,
         )
-        drain_started = time.perf_counter()
-        while time.perf_counter() - drain_started < args.drain_timeout:
-            if all(key in results.received_at for key in results.sent_at):
-                break
-            await asyncio.sleep(0.2)
-        drain = time.perf_counter() - drain_started
+        drain = await await_published(results, args.drain_timeout)
 
         cpu = {name: cpu_seconds(p) - before[name] for name, p in pids.items()}
         cpu["postgresql"] = cpu_seconds(postgres_pids()) - before["postgresql"]
         print(report(results, spent, cpu, len(llm.completion_requests), drain))
+        if args.burst:
+            print(burst_report(results, spent + drain))
+        if args.replicas > 1:
+            print(await duplicates_report(database_url, results))
         print_settings(args, database_url)
     finally:
-        await asyncio.to_thread(mesh.stop)
+        for mesh in meshes:
+            await asyncio.to_thread(mesh.stop)
         await llm.stop()
         await target.stop()
         if database_name is not None:
             await asyncio.to_thread(drop_database, ADMIN_URL, database_name)
     return 0
+
+
+async def await_published(results: Results, limit_seconds: float) -> float:
+    """Wait until the target received every new state; return the seconds."""
+    started = time.perf_counter()
+    while time.perf_counter() - started < limit_seconds:
+        if all(key in results.received_at for key in results.sent_at):
+            break
+        await asyncio.sleep(0.2)
+    return time.perf_counter() - started
+
+
+def burst_report(results: Results, seconds: float) -> str:
+    lost = sum(1 for key in results.sent_at if key not in results.received_at)
+    rejected = sum(results.failures.values())
+    return "\n".join(
+        [
+            f"burst_alerts_accepted       {results.alerts_accepted}",
+            f"burst_webhooks_rejected     {rejected}",
+            f"burst_seconds_to_published  {seconds:.1f}",
+            f"burst_states_lost           {lost}",
+        ]
+    )
+
+
+# Rows per (fingerprint, status): stored in history, classified, and recorded
+# for delivery to a target.
+DUPLICATE_QUERIES = {
+    "history_state_changes": (
+        "SELECT o.fingerprint, s.status, COUNT(*) AS n FROM state_changes s"
+        " JOIN occurrences o ON o.id = s.occurrence_id"
+        " GROUP BY o.fingerprint, s.status"
+    ),
+    "classifications": (
+        "SELECT o.fingerprint, s.status, COUNT(*) AS n FROM classifications c"
+        " JOIN state_changes s ON s.id = c.state_change_id"
+        " JOIN occurrences o ON o.id = s.occurrence_id"
+        " GROUP BY o.fingerprint, s.status"
+    ),
+    "publisher_delivery_alerts": (
+        "SELECT fingerprint, status, COUNT(*) AS n FROM publisher_delivery_alerts"
+        " GROUP BY fingerprint, status, target"
+    ),
+}
+
+
+async def duplicates_report(database_url: str, results: Results) -> str:
+    """Count (fingerprint, status) pairs stored, classified, recorded for
+    delivery or received more than once."""
+    lines = []
+    connection = await asyncpg.connect(database_url)
+    try:
+        for name, query in DUPLICATE_QUERIES.items():
+            rows = await connection.fetch(query)
+            repeated = sum(1 for row in rows if row["n"] > 1)
+            lines.append(f"duplicates_{name:<26} {repeated} of {len(rows)}")
+    finally:
+        await connection.close()
+    received = results.received_count
+    repeated = sum(1 for count in received.values() if count > 1)
+    lines.append(f"duplicates_{'target_received':<26} {repeated} of {len(received)}")
+    return "\n".join(lines)
 
 
 def print_settings(args: argparse.Namespace, database_url: str) -> None:
@@ -395,6 +500,15 @@ def main() -> int:
         "--drain-timeout", type=float, default=60.0, help="seconds to await targets"
     )
     parser.add_argument("--work-dir", default=None, help="folder for logs")
+    parser.add_argument(
+        "--burst",
+        type=int,
+        default=0,
+        help="post this many new firing alerts at once instead of --duration",
+    )
+    parser.add_argument(
+        "--replicas", type=int, default=1, help="processes of each service"
+    )
     args = parser.parse_args()
     return asyncio.run(run(args))
 

@@ -38,7 +38,6 @@ from services.classifier.rules import (
 from services.classifier.training import rounded, train, training_examples
 
 CLASSIFIERS = ("shipped", "keywords", "warning")
-GROUP_BY = ("alertname", "source")
 ORDER = (Severity.CRITICAL, Severity.WARNING, Severity.INFO, Severity.NOISE)
 
 

@@ -1,7 +1,7 @@
 """A linear text model that guesses an alert's severity from its words.
 
-The model is multinomial logistic regression over sparse binary features of
-what an Alertmanager alert carries at run time, never its severity label:
+The model is multinomial logistic regression over sparse features of what
+an Alertmanager alert carries at run time, never its severity label:
 
 - `name`: words of the alertname split at CamelCase and underscores, and
   pairs of adjacent words;
@@ -12,9 +12,10 @@ what an Alertmanager alert carries at run time, never its severity label:
 - `labels`: the names and values of labels other than `alertname`, `severity`
   and the well-known series labels in `SERIES_LABELS`, and the names of
   annotations;
-- `layout`: the set of label and annotation names of the alert, alone and
-  crossed with each alertname word. Rule sets have their own conventions, and
-  this lets a word weigh differently in each.
+- `layout`: the names of those labels and of the annotations other than
+  `summary` and `description`, as one set, alone and crossed with each
+  alertname word. Rule sets have their own conventions, and this lets a word
+  weigh differently in each.
 
 Each group's features share a fixed weight divided by the square root of the
 group's size, so a long description does not drown the alertname. The

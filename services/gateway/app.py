@@ -316,6 +316,17 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
             return json_error(400, exc.details() or "invalid request")
         if code == grpc.StatusCode.NOT_FOUND:
             return json_error(404, exc.details() or "not found")
+        if code in (
+            grpc.StatusCode.FAILED_PRECONDITION,
+            grpc.StatusCode.ALREADY_EXISTS,
+        ):
+            return json_error(409, exc.details() or "conflict")
+        if code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
+            logger.error(
+                "backend call failed",
+                extra={"path": request.path, "error": f"{code.name}: {exc.details()}"},
+            )
+            return json_error(500, "internal error in a backend service")
         logger.warning(
             "backend call failed",
             extra={"path": request.path, "error": f"{code.name}: {exc.details()}"},

