@@ -3,8 +3,8 @@
 #   docker run IMAGE migrate
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
-# Builder: the same steps as scripts/install.sh (a venv, then `pip install .`,
-# whose setup.py generates the gRPC code from protos/).
+# Builder: scripts/install.sh, the README's install command (a venv, then
+# `pip install .`, whose setup.py generates the gRPC code from protos/).
 FROM ${PYTHON_IMAGE} AS builder
 
 RUN apt-get update \
@@ -14,15 +14,15 @@ RUN apt-get update \
 
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1
-RUN python -m venv /opt/alert-history \
-    && /opt/alert-history/bin/pip install --upgrade pip
-
 WORKDIR /src
 COPY pyproject.toml setup.py README.md ./
+COPY scripts/install.sh ./scripts/install.sh
 COPY protos ./protos
 COPY libs ./libs
 COPY services ./services
-RUN /opt/alert-history/bin/pip install . \
+# The README's install command, in its mode for images: not editable, no
+# test tools.
+RUN scripts/install.sh --image /opt/alert-history \
     && /opt/alert-history/bin/alert-history --help >/dev/null
 
 # Runtime: the venv only, no compilers and no source tree.

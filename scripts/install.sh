@@ -5,12 +5,28 @@
 #                               (installed and started when absent),
 #                               Alertmanager, Node.js with buf, Helm, Chromium,
 #                               test packages
+#   scripts/install.sh --image DIR
+#                               the product alone into the virtual environment
+#                               DIR, not editable: what the container image runs
 # Safe to run again: each step is skipped when its result is already there.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 with_tests=false
-[ "${1:-}" = "--test" ] && with_tests=true
+venv=.venv
+editable=true
+case "${1:-}" in
+    --test) with_tests=true ;;
+    --image)
+        venv=${2:?usage: scripts/install.sh --image VENV_DIR}
+        editable=false
+        ;;
+    "") ;;
+    *)
+        echo "install.sh: unknown option $1 (expected --test or --image DIR)" >&2
+        exit 2
+        ;;
+esac
 
 apt_updated=false
 apt_install() {
@@ -86,13 +102,15 @@ if $with_tests; then
     fi
 fi
 
-if [ ! -x .venv/bin/python ]; then
-    "$python" -m venv .venv
-    .venv/bin/pip install -q --upgrade pip
+if [ ! -x "$venv/bin/python" ]; then
+    "$python" -m venv "$venv"
+    "$venv/bin/pip" install -q --upgrade pip
 fi
 if $with_tests; then
-    .venv/bin/pip install -q -e '.[test]'
+    "$venv/bin/pip" install -q -e '.[test]'
+elif $editable; then
+    "$venv/bin/pip" install -q -e .
 else
-    .venv/bin/pip install -q -e .
+    "$venv/bin/pip" install -q .
 fi
-echo "install.sh: installed into .venv"
+echo "install.sh: installed into $venv"

@@ -1,10 +1,10 @@
 """The container image's install steps and entrypoint, without a Docker engine.
 
-The Dockerfile installs the project with `pip install .` into a fresh venv
-and runs `alert-history`. These tests repeat that from a copy of exactly the
-files that .dockerignore sends to the build. They build a wheel, install it
-into a new virtual environment and run the command from there, so nothing is
-imported from the source tree.
+The Dockerfile runs `scripts/install.sh --image VENV` (a fresh venv, then
+`pip install .`) and then `alert-history`. These tests repeat that from a
+copy of exactly the files that .dockerignore sends to the build, and run the
+command from that venv with a clean environment, so nothing is imported from
+the source tree.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def run(
 
 @pytest.fixture(scope="module")
 def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A new virtual environment with the project's wheel installed."""
+    """A new virtual environment set up by the image's install step."""
     work = tmp_path_factory.mktemp("image")
     source = work / "src"
     source.mkdir()
@@ -57,30 +57,15 @@ def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
         if path.is_dir():
             shutil.copytree(path, source / name, ignore=ignore)
         else:
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(path, source / name)
 
-    wheels = work / "wheels"
-    built = run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--no-deps",
-            str(source),
-            "-w",
-            str(wheels),
-        ],
-        work,
-    )
-    assert built.returncode == 0, built.stderr[-4000:]
-    (wheel,) = wheels.glob("alert_history-*.whl")
-
+    # The Dockerfile's build step, run on the same files.
     environment = work / "venv"
-    created = run([sys.executable, "-m", "venv", str(environment)], work)
-    assert created.returncode == 0, created.stderr
     installed = run(
-        [str(environment / "bin" / "pip"), "install", "-q", str(wheel)], work
+        ["bash", "scripts/install.sh", "--image", str(environment)],
+        source,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(work), "PYTHON": sys.executable},
     )
     assert installed.returncode == 0, installed.stderr[-4000:]
     return environment
