@@ -17,6 +17,8 @@ import os
 import socket
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractContextManager, ExitStack
+from typing import Any
 
 import grpc
 from google.protobuf.duration_pb2 import Duration
@@ -47,6 +49,8 @@ PUBLISH_DEADLINE = 5.0
 PUBLISH_BATCH_DEADLINE_PER_REQUEST = 0.1
 # Requests per PublishBatch call; the publisher accepts at most 500.
 PUBLISH_BATCH_MAX_REQUESTS = 500
+# grpc.StatusCode values are (number, name) pairs; PublishResult has the number.
+STATUS_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
 CLASSIFY_MARGIN = 2.0
 
 # Attempts after which an item that keeps failing is logged as an error on
@@ -236,14 +240,48 @@ class Pipeline:
     ) -> list[bool]:
         """Publish the items in PublishBatch calls; return which succeeded.
 
-        Falls back to one Publish call per item when the publisher does not
-        implement PublishBatch, as an older replica during a rolling update.
+        A single item goes in one Publish call, because a batch of one saves
+        nothing. Also falls back to one Publish call per item when the
+        publisher does not implement PublishBatch, as an older replica during
+        a rolling update.
         """
-        requests = [
-            (index, r)
-            for index, item in enumerate(items)
-            for r in self.publish_requests(item, verdicts)
-        ]
+        if len(items) == 1:
+            return [await self._publish_traced(items[0], verdicts)]
+
+        with ExitStack() as spans:
+            requests: list[tuple[int, publisher_pb2.PublishRequest]] = []
+            for index, item in enumerate(items):
+                # Each item's span stays open until the batch call returns,
+                # and its requests carry it, so deliveries continue it.
+                spans.enter_context(self._item_span(item))
+                for request in self.publish_requests(item, verdicts):
+                    requests.append((index, request))
+            failed = await self._publish_requests(items, requests)
+        if failed is None:
+            return list(
+                await asyncio.gather(
+                    *(self._publish_traced(item, verdicts) for item in items)
+                )
+            )
+        for index, item in enumerate(items):
+            if index not in failed:
+                logger.debug(
+                    "work item published",
+                    extra={
+                        "work_item": item.id,
+                        "group_key": item.notification.group_key,
+                    },
+                )
+        return [index not in failed for index in range(len(items))]
+
+    async def _publish_requests(
+        self,
+        items: list[history_pb2.WorkItem],
+        requests: list[tuple[int, publisher_pb2.PublishRequest]],
+    ) -> set[int] | None:
+        """Send the requests in PublishBatch calls and return the indexes of
+        the items with a failed request, or None when PublishBatch is not
+        implemented."""
         failed: set[int] = set()
         chunks = split_by_size(
             [request for _, request in requests],
@@ -255,41 +293,42 @@ class Pipeline:
             owners = [index for index, _ in requests[offset : offset + len(chunk)]]
             offset += len(chunk)
             try:
-                codes = await self._publish_batch(items[owners[0]], chunk)
+                codes = await self._publish_batch(chunk)
             except grpc.aio.AioRpcError as exc:
                 if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
-                    return list(
-                        await asyncio.gather(
-                            *(self._publish_traced(item, verdicts) for item in items)
-                        )
-                    )
+                    return None
                 codes = [(exc.code().name, exc.details() or "")] * len(chunk)
             for index, code in zip(owners, codes, strict=True):
                 if code is not None and index not in failed:
                     failed.add(index)
                     self._log_failure(items[index], *code)
-        return [index not in failed for index in range(len(items))]
+        return failed
+
+    def _item_span(self, item: history_pb2.WorkItem) -> AbstractContextManager[Any]:
+        return telemetry.span_from_context(
+            item.trace_context,
+            "publish work item",
+            attributes={
+                "work_item": item.id,
+                "attempts": item.attempts,
+                "group_key": item.notification.group_key,
+                "receiver": item.notification.receiver,
+            },
+        )
 
     async def _publish_batch(
-        self,
-        first: history_pb2.WorkItem,
-        requests: list[publisher_pb2.PublishRequest],
+        self, requests: list[publisher_pb2.PublishRequest]
     ) -> list[tuple[str, str] | None]:
         """Send one PublishBatch call; return each request's error, or None."""
-        with telemetry.span_from_context(
-            first.trace_context,
-            "publish work batch",
-            attributes={"publish_requests": len(requests)},
-        ):
-            response = await self.clients.publisher.PublishBatch(
-                publisher_pb2.PublishBatchRequest(requests=requests),
-                timeout=PUBLISH_DEADLINE
-                + PUBLISH_BATCH_DEADLINE_PER_REQUEST * len(requests),
-            )
+        response = await self.clients.publisher.PublishBatch(
+            publisher_pb2.PublishBatchRequest(requests=requests),
+            timeout=PUBLISH_DEADLINE
+            + PUBLISH_BATCH_DEADLINE_PER_REQUEST * len(requests),
+        )
         return [
             None
             if result.code == 0
-            else (grpc.StatusCode(result.code).name, result.message)
+            else (STATUS_NAMES.get(result.code, str(result.code)), result.message)
             for result in response.results
         ]
 
@@ -299,16 +338,7 @@ class Pipeline:
         verdicts: dict[int, alert_pb2.Classification],
     ) -> bool:
         """Publish one item in a span that continues its webhook's trace."""
-        with telemetry.span_from_context(
-            item.trace_context,
-            "publish work item",
-            attributes={
-                "work_item": item.id,
-                "attempts": item.attempts,
-                "group_key": item.notification.group_key,
-                "receiver": item.notification.receiver,
-            },
-        ):
+        with self._item_span(item):
             try:
                 await self.publish(item, verdicts)
             except grpc.aio.AioRpcError as exc:

@@ -434,6 +434,15 @@ class HistoryStore:
         """
         if not inserted:
             return
+        if self.db.dialect == "postgresql":
+            # Lock the occurrences in id order, the order StoreNotification
+            # locks them in, so that concurrent calls wait instead of deadlocking.
+            await conn.fetch(
+                "SELECT id FROM occurrences WHERE id IN (SELECT occurrence_id"
+                f" FROM state_changes WHERE {self._id_in('id', 1)})"
+                " ORDER BY id FOR UPDATE",
+                [row["state_change_id"] for row in inserted],
+            )
         await conn.executemany(
             "UPDATE occurrences SET latest_change_id = $1, latest_severity = $2,"
             " latest_confidence = $3"

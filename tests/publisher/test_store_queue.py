@@ -1,4 +1,4 @@
-"""Which deliveries the store hands out: group heads only, due ones first."""
+"""Which deliveries the store leases (group heads only) and when targets are due."""
 
 from __future__ import annotations
 
