@@ -108,7 +108,7 @@ history publisher recommender
 {{/* Secret keys each service reads, by service. */}}
 {{- define "alert-history.secretKeys" -}}
 {{- $keys := dict
-  "gateway" (list "REDIS_URL" "WEBHOOK_BEARER_TOKEN" "WEBHOOK_BASIC_AUTH_USERNAME" "WEBHOOK_BASIC_AUTH_PASSWORD")
+  "gateway" (list "REDIS_URL" "WEBHOOK_BEARER_TOKEN" "WEBHOOK_BASIC_AUTH_USERNAME" "WEBHOOK_BASIC_AUTH_PASSWORD" "API_TOKENS")
   "history" (list "REDIS_URL")
   "classifier" (list "REDIS_URL" "LLM_API_KEY")
   "publisher" (list "REDIS_URL")
