@@ -62,6 +62,16 @@ def channel_options(settings: Settings) -> list[tuple[str, Any]]:
     ]
 
 
+# A client keeps one HTTP/2 connection to a Service's address, so replicas
+# that an autoscaler adds would get no calls from existing clients. Closing
+# each connection after five minutes (GOAWAY, with 30 s for calls in flight)
+# makes clients reconnect, and kube-proxy spreads the new connections.
+SERVER_CONNECTION_OPTIONS: list[tuple[str, Any]] = [
+    ("grpc.max_connection_age_ms", 300_000),
+    ("grpc.max_connection_age_grace_ms", 30_000),
+]
+
+
 def status_for(error: AlertHistoryError) -> grpc.StatusCode:
     """Map a product error to the gRPC status code callers act on."""
     if isinstance(error, InvalidInputError):
@@ -222,7 +232,7 @@ async def start_service(
             MetricsInterceptor(ServerMetrics(registry)),
             *telemetry.grpc_server_interceptors(),
         ],
-        options=channel_options(settings),
+        options=[*channel_options(settings), *SERVER_CONNECTION_OPTIONS],
     )
     service.register(server)
     health_servicer = health.aio.HealthServicer()
