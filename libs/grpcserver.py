@@ -1,10 +1,10 @@
 """The server skeleton every gRPC service shares.
 
-A service implements `GrpcService`; `start_service` binds it with the
+A service implements `GrpcService`. `start_service` binds it with the
 standard health service, server reflection, per-method metrics and the
-configured message size limit, and `run_until_signalled` serves until SIGTERM,
-then drains: health turns NOT_SERVING, new calls are taken for
-SHUTDOWN_DELAY_SECONDS while load balancers notice, then in-flight calls get
+configured message size limit. `run_until_signalled` serves until SIGTERM,
+then drains. Health turns NOT_SERVING, and new calls are still taken for
+SHUTDOWN_DELAY_SECONDS while load balancers notice. Then in-flight calls get
 SHUTDOWN_GRACE_SECONDS to finish.
 """
 
@@ -39,7 +39,7 @@ logger = logging.getLogger(__name__)
 
 
 class GrpcService(Protocol):
-    """What a service provides to the shared skeleton."""
+    """The interface a service provides to the shared skeleton."""
 
     name: str
     # Full names of the gRPC services it registers, for health and reflection.
@@ -209,7 +209,7 @@ async def start_metrics_server(
 
 
 def bound_port(site: web.TCPSite, requested: int) -> int:
-    """The port an aiohttp site listens on, for sites started on port 0."""
+    """Return the port an aiohttp site listens on, for sites started on port 0."""
     server: Any = site._server
     sockets = server.sockets if server is not None else []
     return int(sockets[0].getsockname()[1]) if sockets else requested

@@ -1,9 +1,9 @@
 """API tokens and the audit log of the gateway's API.
 
-With API_TOKENS set, every call that changes state (any POST, PUT, PATCH or
-DELETE except the webhooks, which have their own credentials) needs one of
-the named tokens as a bearer token, and each such call is written to the
-audit log with the token's name, the route and the answer's status code.
+With API_TOKENS set, every call that changes state needs one of the named
+tokens as a bearer token: any POST, PUT, PATCH or DELETE except the webhooks,
+which have their own credentials. Each such call is written to the audit log
+with the token's name, the route and the response's status code.
 With API_READ_PROTECTED, reads need a token too. Health, readiness, metrics
 and the dashboard's static files stay open: they show no alert data.
 """

@@ -1,8 +1,9 @@
 """The HTTP gateway: Alertmanager's webhook receiver and the product's HTTP API.
 
 The gateway owns no data. It stores each webhook through the history
-service and answers Alertmanager only after the commit; classification and
-publishing follow from the durable work queue (`services.gateway.pipeline`).
+service and returns the response to Alertmanager only after the commit.
+Classification and publishing follow from the durable work queue
+(`services.gateway.pipeline`).
 
 Status codes toward Alertmanager: 200 once stored; 400 for a body that can
 never be valid; 401 without valid credentials; 413 for a body over
@@ -60,7 +61,7 @@ logger = logging.getLogger(__name__)
 STORE_DEADLINE = 10.0
 READ_DEADLINE = 10.0
 
-# gRPC codes that mean "try again later": answered 503 so Alertmanager retries.
+# gRPC codes that mean "try again later", returned as 503 so Alertmanager retries.
 TRANSIENT_CODES = frozenset(
     {
         grpc.StatusCode.UNAVAILABLE,
@@ -299,17 +300,16 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
-    """Map product and gRPC errors to JSON answers; nothing else does."""
+    """Map product and gRPC errors to JSON error responses; nothing else does."""
     try:
         response: web.StreamResponse = await handler(request)
         return response
     except web.HTTPException:
         raise
     except AlertHistoryError as exc:
-        status = (
-            400 if isinstance(exc, InvalidInputError) else 503 if exc.retryable else 500
-        )
-        return json_error(status, str(exc))
+        if isinstance(exc, InvalidInputError):
+            return json_error(400, str(exc))
+        return json_error(503 if exc.retryable else 500, str(exc))
     except grpc.aio.AioRpcError as exc:
         code = exc.code()
         if code == grpc.StatusCode.INVALID_ARGUMENT:

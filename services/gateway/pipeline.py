@@ -168,6 +168,7 @@ class Pipeline:
         for item in items:
             waited = now - item.enqueued_at.ToMicroseconds() / 1e6
             self.metrics.queue_delay.observe(max(waited, 0.0))
+
         # A batch serves several webhooks: its span continues the first one's
         # trace, and each item's publishing continues its own.
         with telemetry.span_from_context(
@@ -183,6 +184,7 @@ class Pipeline:
                     self._log_failure(item, exc.code().name, exc.details() or "")
                 self.metrics.items.labels("failed").inc(len(items))
                 return
+
         outcomes = await self._publish_items(items, verdicts)
         done = [item.id for item, ok in zip(items, outcomes, strict=True) if ok]
         if done:
@@ -199,6 +201,7 @@ class Pipeline:
                 )
                 self.metrics.items.labels("failed").inc(len(done))
                 return
+
         self.metrics.items.labels("done").inc(len(done))
         self.metrics.items.labels("failed").inc(len(items) - len(done))
         elapsed = time.perf_counter() - started
