@@ -101,7 +101,7 @@ def migrate() -> int:
 
 
 def grpc_port_for_up(settings: Settings, name: str) -> int:
-    """The port `up` gives a service: the one its *_ADDR variable names."""
+    """Return the port `up` gives a service: the one its *_ADDR variable names."""
     address = getattr(settings, f"{name}_addr")
     return int(address.rpartition(":")[2])
 

@@ -5,8 +5,8 @@
 With --start it starts every service as a process on PostgreSQL and Redis
 (DATABASE_URL and REDIS_URL, or a new database on the local server), with a
 local publishing target and a fake model server, and stops them afterwards.
-Without it, it targets the gateway at --url, and only the answer figures are
-measured.
+Without it, it targets the gateway at --url, and only the response figures
+are measured.
 
 Webhook bodies are built from distinct rules of tests/fixtures/rules.jsonl,
 in groups of --group-size alerts: each group fires, is re-sent as
@@ -66,7 +66,7 @@ def load_rules() -> list[dict[str, Any]]:
 
 
 def alert_from_rule(rule: dict[str, Any], run_id: str, serial: int) -> dict[str, Any]:
-    """An Alertmanager alert built from one corpus rule, unique to this run."""
+    """Build an Alertmanager alert from one corpus rule, unique to this run."""
     labels = {
         "alertname": rule["alertname"],
         **{k: str(v) for k, v in (rule.get("labels_other") or {}).items()},

@@ -7,7 +7,7 @@ deterministic classifier) and two local targets, a `webhook` and an
 `alertmanager` one, served by the test receiver. It posts each body in
 tests/fixtures/webhooks to /webhook/proxy in file order, waits until its new
 state changes reach the targets, and writes a Markdown page of what was
-stored, classified and published. The page holds no times or ports, so a
+stored, classified and published. The page contains no times or ports, so a
 fresh run reproduces it byte for byte.
 """
 
@@ -126,7 +126,7 @@ class Run:
     def received(self) -> list[dict[str, Any]]:
         status, body = request("GET", self.receiver("/_control/requests"))
         if status != 200:
-            raise RuntimeError(f"receiver answered {status}")
+            raise RuntimeError(f"receiver returned HTTP {status} for its request list")
         return list(body)
 
     def stop(self) -> None:
@@ -217,7 +217,7 @@ def latest_classification(occurrence: dict[str, Any]) -> dict[str, Any]:
 def published_fingerprints(
     requests: list[dict[str, Any]],
 ) -> dict[str, set[tuple[str, str]]]:
-    """The (fingerprint, status) pairs each target received."""
+    """Return the (fingerprint, status) pairs each target received."""
     result: dict[str, set[tuple[str, str]]] = {name: set() for name in TARGETS}
     for item in requests:
         name = next(n for n, p in TARGETS.items() if p == item["path"])
