@@ -205,8 +205,8 @@ class Settings(BaseSettings):
     work_lease_seconds: int = Field(
         30,
         ge=1,
-        description="Seconds a gateway holds a work item before another may "
-        "take it over.",
+        description="Seconds a gateway keeps the lease on a work item before "
+        "another may take it over.",
     )
 
     # Classifier.
@@ -262,7 +262,7 @@ class Settings(BaseSettings):
     llm_retry_max_seconds: float = Field(
         8.0,
         gt=0,
-        description="Longest wait between two attempts, a Retry-After header included.",
+        description="Maximum wait between two attempts, a Retry-After header included.",
     )
     llm_circuit_failure_threshold: int = Field(
         5,
@@ -368,7 +368,7 @@ class Settings(BaseSettings):
         5.0, gt=0, description="Wait after the first failed attempt."
     )
     delivery_max_backoff_seconds: float = Field(
-        300.0, gt=0, description="Longest wait between two attempts."
+        300.0, gt=0, description="Maximum wait between two attempts."
     )
     delivery_timeout_seconds: float = Field(
         10.0, gt=0, description="Seconds one delivery request may take."
@@ -648,7 +648,7 @@ def _describe(exc: ValidationError) -> str:
 
 
 def settings_table() -> str:
-    """The README's table of every environment variable, as Markdown."""
+    """Return the README's table of every environment variable, as Markdown."""
     rows = ["| variable | default | meaning |", "|---|---|---|"]
     for name, field in Settings.model_fields.items():
         default = field.default

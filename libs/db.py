@@ -243,7 +243,7 @@ def sqlite_path(url: str) -> str:
 
 
 def database_url(settings: Settings, service: str) -> str:
-    """The configured DATABASE_URL, or the service's SQLite file in DATA_DIR."""
+    """Return the configured DATABASE_URL, or the service's SQLite file in DATA_DIR."""
     if settings.database_url is not None:
         return settings.database_url.get_secret_value()
     return f"sqlite:///{(settings.data_dir / f'{service}.db').resolve()}"

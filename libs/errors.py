@@ -2,7 +2,7 @@
 
 Servicers map these to gRPC status codes (`libs.grpcserver`) and the gateway
 maps gRPC codes to HTTP statuses; nothing else translates errors. Each error
-says whether a retry can help and carries a short, bounded reason code.
+states whether a retry can help and carries a short, bounded reason code.
 """
 
 from __future__ import annotations

@@ -76,7 +76,7 @@ class InProcessMesh:
         }
         addresses: dict[str, str] = {}
         for name, factory in factories.items():
-            # Each service sees the addresses of those started before it, so
+            # Each service gets the addresses of those started before it, so
             # the classifier reads alert history from this mesh's history.
             base = load_settings({**env, **addresses})
             registry = CollectorRegistry()

@@ -8,7 +8,7 @@ Classification and publishing follow from the durable work queue
 Status codes toward Alertmanager: 200 once stored; 400 for a body that can
 never be valid; 401 without valid credentials; 413 for a body over
 WEBHOOK_MAX_BODY_BYTES; 503 for a transient failure, which Alertmanager
-retries. Never 429, because Alertmanager drops a notification answered 429.
+retries. Never 429, because Alertmanager drops a notification that gets a 429.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """The enrichment mode, shared by every gateway replica through Redis.
 
-With REDIS_URL set the key `enrichment:mode` holds the mode for all replicas;
-without Redis each gateway holds it in memory. Until someone sets it, the
-mode is ENRICHMENT_MODE.
+With REDIS_URL set the key `enrichment:mode` stores the mode for all
+replicas. Without Redis each gateway keeps it in memory. Until someone sets
+it, the mode is ENRICHMENT_MODE.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""JSON answers and query-parameter parsing shared by the gateway's routes."""
+"""JSON error responses and query-parameter parsing shared by the gateway's routes."""
 
 from __future__ import annotations
 
