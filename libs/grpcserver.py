@@ -254,9 +254,16 @@ async def start_service(
     runner = None
     bound_metrics = None
     if metrics_port is not None:
-        runner, bound_metrics = await start_metrics_server(
-            registry, bind_host, metrics_port
-        )
+        try:
+            runner, bound_metrics = await start_metrics_server(
+                registry, bind_host, metrics_port
+            )
+        except OSError:
+            # A started gRPC server keeps the process alive, so stop it: a
+            # service that cannot serve its metrics exits instead of hanging.
+            await server.stop(0)
+            await service.close()
+            raise
     running = RunningService(
         service, server, bound, health_servicer, runner, bound_metrics
     )
