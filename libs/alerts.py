@@ -8,6 +8,7 @@ in: no `fingerprint` before 0.19, no `truncatedAlerts` before 0.21,
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta, timezone
@@ -62,9 +63,29 @@ def compute_fingerprint(labels: Mapping[str, str]) -> str:
 
 def parse_time(value: str, field: str) -> Timestamp | None:
     """Parse an RFC 3339 time into a UTC Timestamp; None for Go's zero time."""
+    try:
+        parts = _time_parts(value)
+    except _TimeError as exc:
+        raise InvalidInputError(f"{field} {exc}: {value[:64]!r}") from None
+    if parts is None:
+        return None
+    stamp = Timestamp()
+    stamp.seconds, stamp.nanos = parts
+    return stamp
+
+
+class _TimeError(ValueError):
+    """A time that is not RFC 3339, or not a valid date and time."""
+
+
+# Alertmanager re-sends the same start times with every repeat of a group,
+# and every firing alert carries the same zero end time.
+@functools.lru_cache(maxsize=4096)
+def _time_parts(value: str) -> tuple[int, int] | None:
+    """Return (seconds, nanos) since the epoch of an RFC 3339 time, or None."""
     match = _RFC3339.match(value)
     if match is None:
-        raise InvalidInputError(f"{field} is not an RFC 3339 time: {value[:64]!r}")
+        raise _TimeError("is not an RFC 3339 time")
     year, month, day, hour, minute, second = (int(g) for g in match.groups()[:6])
     fraction, offset = match.group(7) or "", match.group(8)
     if year == ZERO_TIME_YEAR:
@@ -72,12 +93,10 @@ def parse_time(value: str, field: str) -> Timestamp | None:
     try:
         tz = _parse_offset(offset)
         moment = datetime(year, month, day, hour, minute, second, tzinfo=tz)
-    except ValueError as exc:
-        raise InvalidInputError(f"{field} is not a valid time: {value!r}") from exc
-    stamp = Timestamp()
-    stamp.seconds = int(moment.astimezone(UTC).timestamp())
-    stamp.nanos = int(fraction.ljust(9, "0")) if fraction else 0
-    return stamp
+    except ValueError:
+        raise _TimeError("is not a valid time") from None
+    nanos = int(fraction.ljust(9, "0")) if fraction else 0
+    return int(moment.astimezone(UTC).timestamp()), nanos
 
 
 def _parse_offset(offset: str) -> timezone:

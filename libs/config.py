@@ -154,6 +154,19 @@ class Settings(BaseSettings):
         ge=1024,
         description="Largest webhook body accepted, in bytes; larger ones get 413.",
     )
+    store_concurrency: int = Field(
+        2,
+        ge=1,
+        le=64,
+        description="Store calls to history one gateway keeps in flight; webhooks "
+        "that arrive while all are busy are stored together in the next call.",
+    )
+    store_batch_size: int = Field(
+        64,
+        ge=1,
+        le=500,
+        description="Most webhooks stored together in one call to history.",
+    )
     webhook_basic_auth_username: str | None = Field(
         None,
         description="With WEBHOOK_BASIC_AUTH_PASSWORD, the basic auth user the "

@@ -13,7 +13,11 @@ in groups of --group-size alerts: each group fires, is re-sent as
 Alertmanager does at every group_interval (--repeats), then resolves. Each
 run prints alerts per second accepted, answer latency p50 and p99,
 end-to-end latency from webhook to the local target (p50, p99), model calls
-per alert, and CPU seconds per 1,000 alerts for each service and PostgreSQL.
+per alert, and CPU seconds per 1,000 alerts for each service, PostgreSQL and
+this process ("bench": the load generator and the local target).
+
+--ingest-only posts to /webhook, which stores each alert durably and answers
+without classifying or publishing, to measure ingest alone.
 
 --burst N posts N new firing alerts as fast as --concurrency allows and
 reports the seconds until the target received every one and how many never
@@ -226,7 +230,7 @@ async def post_one(
     results: Results,
 ) -> None:
     sent = time.perf_counter()
-    async with session.post(f"{url}/webhook/proxy", json=body) as reply:
+    async with session.post(url, json=body) as reply:
         answer = await reply.json(content_type=None)
     elapsed = time.perf_counter() - sent
     if reply.status != 200:
@@ -317,7 +321,12 @@ async def run(args: argparse.Namespace) -> int:
 
     if not args.start:
         spent = await drive(
-            [args.url], stream, results, args.duration, args.concurrency, args.rate
+            [f"{args.url}{webhook_path(args)}"],
+            stream,
+            results,
+            args.duration,
+            args.concurrency,
+            args.rate,
         )
         print(report(results, spent, {}, None, 0.0))
         return 0
@@ -365,8 +374,9 @@ async def run(args: argparse.Namespace) -> int:
                 pids.setdefault(name, []).append(process.pid)
         before = {name: cpu_seconds(p) for name, p in pids.items()}
         before["postgresql"] = cpu_seconds(postgres_pids())
+        before["bench"] = time.process_time()
 
-        urls = [mesh.url for mesh in meshes]
+        urls = [f"{mesh.url}{webhook_path(args)}" for mesh in meshes]
         if args.burst:
             stream = burst_stream(rules, args.group_size, args.burst, run_id)
         spent = await drive(
@@ -377,10 +387,15 @@ async def run(args: argparse.Namespace) -> int:
             args.concurrency,
             args.rate,
         )
-        drain = await await_published(results, args.drain_timeout)
+        drain = 0.0
+        if not args.ingest_only:
+            drain = await await_published(results, args.drain_timeout)
 
+        # Counted after the drain, so that work queued during the load counts.
         cpu = {name: cpu_seconds(p) - before[name] for name, p in pids.items()}
         cpu["postgresql"] = cpu_seconds(postgres_pids()) - before["postgresql"]
+        # The load generator and the local target share this process.
+        cpu["bench"] = time.process_time() - before["bench"]
         print(report(results, spent, cpu, len(llm.completion_requests), drain))
         if args.burst:
             print(burst_report(results, spent + drain))
@@ -395,6 +410,11 @@ async def run(args: argparse.Namespace) -> int:
         if database_name is not None:
             await asyncio.to_thread(drop_database, ADMIN_URL, database_name)
     return 0
+
+
+def webhook_path(args: argparse.Namespace) -> str:
+    """Return the gateway path: store only, or store, classify and publish."""
+    return "/webhook" if args.ingest_only else "/webhook/proxy"
 
 
 async def await_published(results: Results, limit_seconds: float) -> float:
@@ -508,6 +528,11 @@ def main() -> int:
     )
     parser.add_argument(
         "--replicas", type=int, default=1, help="processes of each service"
+    )
+    parser.add_argument(
+        "--ingest-only",
+        action="store_true",
+        help="post to /webhook, which stores without classifying or publishing",
     )
     args = parser.parse_args()
     return asyncio.run(run(args))

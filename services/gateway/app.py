@@ -50,15 +50,16 @@ from services.gateway.keys import (
     REGISTRY_KEY,
     SETTINGS_KEY,
     STATE_KEY,
+    STORE_KEY,
 )
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.mode import ModeStore
 from services.gateway.pipeline import Pipeline
 from services.gateway.responses import json_error
+from services.gateway.storing import NotificationStore
 
 logger = logging.getLogger(__name__)
 
-STORE_DEADLINE = 10.0
 READ_DEADLINE = 10.0
 
 # gRPC codes that mean "try again later", returned as 503 so Alertmanager retries.
@@ -203,7 +204,6 @@ async def store_notification(
 ) -> list[history_pb2.StoredAlert]:
     """Store a notification, split so that each message fits the gRPC maximum."""
     settings = app[SETTINGS_KEY]
-    clients = app[CLIENTS_KEY]
     metrics: GatewayMetrics = app[METRICS_KEY]
     envelope = alert_pb2.Notification()
     envelope.CopyFrom(notification)
@@ -214,13 +214,12 @@ async def store_notification(
         part = alert_pb2.Notification()
         part.CopyFrom(envelope)
         part.alerts.extend(chunk)
-        response = await clients.history.StoreNotification(
+        response = await app[STORE_KEY].store(
             history_pb2.StoreNotificationRequest(
                 notification=part,
                 enqueue_work=enqueue_work,
                 trace_context=telemetry.inject_context(),
-            ),
-            timeout=STORE_DEADLINE,
+            )
         )
         stored.extend(response.alerts)
     for alert in stored:
@@ -362,6 +361,12 @@ def create_app(
         return (await mode_store.get())[0]
 
     app[PIPELINE_KEY] = Pipeline(settings, clients, current_mode, registry)
+    app[STORE_KEY] = NotificationStore(
+        clients.history,
+        concurrency=settings.store_concurrency,
+        max_batch=settings.store_batch_size,
+        max_message_bytes=settings.grpc_max_message_bytes,
+    )
     app.router.add_post("/webhook", webhook)
     app.router.add_post("/webhook/proxy", webhook_proxy)
     app.router.add_get("/enrichment/mode", get_mode)

@@ -16,7 +16,7 @@ from libs.clients import ServiceClients
 from libs.config import Settings
 from libs.grpcserver import bound_port
 from services.gateway.app import create_app
-from services.gateway.keys import PIPELINE_KEY, STATE_KEY
+from services.gateway.keys import PIPELINE_KEY, STATE_KEY, STORE_KEY
 from services.gateway.mode import ModeStore
 
 logger = logging.getLogger(__name__)
@@ -38,6 +38,7 @@ class RunningGateway:
         if delay:
             await asyncio.sleep(delay)
         await self.runner.cleanup()
+        await self.app[STORE_KEY].close()
         await self.app[PIPELINE_KEY].stop(grace)
         await self.clients.close()
         if self.redis_client is not None:

@@ -146,6 +146,9 @@ class OccurrenceState:
     latest: PreparedAlert | None = None
     deliveries: int = 0
     ends_at: datetime | None = None
+    # The notification of `latest`, whose group key and receiver the UPDATE
+    # writes.
+    notification: alert_pb2.Notification | None = None
 
 
 @dataclass
@@ -161,11 +164,16 @@ class Decision:
     change: tuple[int, str] | None
 
 
-def decide(alert: PreparedAlert, state: OccurrenceState) -> Decision:
-    """Apply one alert to its occurrence's state and return the outcome.
+def decide(
+    alert: PreparedAlert,
+    state: OccurrenceState,
+    notification: alert_pb2.Notification,
+) -> Decision:
+    """Apply one alert of `notification` to its occurrence's state.
 
-    Alerts of one notification are applied in order, so a duplicate inside
-    one body is a REPEAT the second time.
+    Alerts are applied in order, within a notification and across the
+    notifications of one transaction, so a duplicate is a REPEAT the second
+    time.
     """
     first_insert = state.inserted and not state.seen
     state.seen = True
@@ -173,6 +181,7 @@ def decide(alert: PreparedAlert, state: OccurrenceState) -> Decision:
         return Decision(alert, state, NEW, alert.status, (state.id, alert.status))
 
     state.latest = alert
+    state.notification = notification
     state.deliveries += 1
     if state.status == "firing" and alert.status == "resolved":
         state.status = "resolved"
@@ -196,6 +205,8 @@ class OccurrenceUpdate:
     annotations: dict[str, str]
     # Deliveries to add to the stored count.
     deliveries: int
+    # The notification that delivered the latest alert.
+    notification: alert_pb2.Notification
 
 
 @dataclass(frozen=True)
@@ -216,9 +227,10 @@ def plan_updates(
             state.ends_at,
             state.latest.annotations,
             state.deliveries,
+            state.notification,
         )
         for state in states.values()
-        if state.latest is not None
+        if state.latest is not None and state.notification is not None
     ]
 
 

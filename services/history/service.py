@@ -8,6 +8,7 @@ UNAVAILABLE and bad input as INVALID_ARGUMENT.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 from typing import NoReturn
@@ -19,16 +20,19 @@ from alerthistory.audit.v1 import audit_pb2_grpc
 from alerthistory.history.v1 import history_pb2, history_pb2_grpc
 from libs.config import Settings
 from libs.db import Database, database_url, migrate
-from libs.errors import AlertHistoryError, UnavailableError
-from libs.grpcserver import abort_with
+from libs.errors import AlertHistoryError, InvalidInputError, UnavailableError
+from libs.grpcserver import abort_with, status_for
 from services.history import audit, queries
 from services.history.migrations import COMPONENT, MIGRATIONS
 from services.history.retention import Retention, RetentionMetrics
-from services.history.store import HistoryStore
+from services.history.store import HistoryStore, StoreItem
 
 logger = logging.getLogger(__name__)
 
 SERVICE_NAME = history_pb2.DESCRIPTOR.services_by_name["HistoryService"].full_name
+
+# Requests per StoreNotifications call.
+MAX_STORE_REQUESTS = 500
 
 _OUTCOME_LABELS = {
     history_pb2.STORE_OUTCOME_NEW: "new",
@@ -59,6 +63,12 @@ async def _fail(
     context: grpc.aio.ServicerContext, method: str, error: Exception
 ) -> NoReturn:
     """Log a failed call, then end it with the error's status code."""
+    log_failure(method, error)
+    await abort_with(context, error)
+
+
+def log_failure(method: str, error: Exception) -> None:
+    """Log an expected failure: unavailable as a warning, rejected as info."""
     if isinstance(error, UnavailableError):
         logger.warning(
             "history call failed", extra={"method": method, "error": str(error)}
@@ -67,7 +77,6 @@ async def _fail(
         logger.info(
             "history call rejected", extra={"method": method, "error": str(error)}
         )
-    await abort_with(context, error)
 
 
 # Room left in a LeaseWork response for its own framing, in bytes.
@@ -121,27 +130,78 @@ class HistoryServicer(history_pb2_grpc.HistoryServiceServicer):
         self._observe(request, response)
         return response
 
+    async def StoreNotifications(
+        self,
+        request: history_pb2.StoreNotificationsRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> history_pb2.StoreNotificationsResponse:
+        count = len(request.requests)
+        if not 0 < count <= MAX_STORE_REQUESTS:
+            await _fail(
+                context,
+                "StoreNotifications",
+                InvalidInputError(
+                    f"requests must have 1 to {MAX_STORE_REQUESTS} entries, got {count}"
+                ),
+            )
+        try:
+            results = await self.store.store_notifications(
+                [
+                    StoreItem(
+                        single.notification,
+                        enqueue_work=single.enqueue_work,
+                        trace_context=single.trace_context,
+                    )
+                    for single in request.requests
+                ]
+            )
+        except Exception as exc:
+            await _fail(context, "StoreNotifications", exc)
+        response = history_pb2.StoreNotificationsResponse()
+        for single, outcome in zip(request.requests, results, strict=True):
+            result = response.results.add()
+            if not isinstance(outcome, Exception):
+                result.response.CopyFrom(outcome)
+                self._observe(single, outcome)
+            elif isinstance(outcome, AlertHistoryError):
+                log_failure("StoreNotifications", outcome)
+                result.code = status_for(outcome).value[0]
+                result.message = str(outcome)
+            else:
+                logger.error(
+                    "unexpected error storing a notification",
+                    exc_info=outcome,
+                    extra={"group_key": single.notification.group_key},
+                )
+                result.code = grpc.StatusCode.INTERNAL.value[0]
+                result.message = "internal error"
+        return response
+
     def _observe(
         self,
         request: history_pb2.StoreNotificationRequest,
         response: history_pb2.StoreNotificationResponse,
     ) -> None:
         notification = request.notification
-        for stored in response.alerts:
-            outcome = _OUTCOME_LABELS[stored.outcome]
-            self.metrics.alerts_stored.labels(outcome).inc()
-            logger.debug(
-                "alert stored",
-                extra={
-                    "fingerprint": stored.fingerprint,
-                    "group_key": notification.group_key,
-                    "receiver": notification.receiver,
-                    "outcome": outcome,
-                    "occurrence_id": stored.occurrence_id,
-                    "state_change_id": stored.state_change_id,
-                    "warnings": list(stored.warnings),
-                },
-            )
+        counts = collections.Counter(
+            _OUTCOME_LABELS[stored.outcome] for stored in response.alerts
+        )
+        for outcome, stored_count in counts.items():
+            self.metrics.alerts_stored.labels(outcome).inc(stored_count)
+        if logger.isEnabledFor(logging.DEBUG):
+            for stored in response.alerts:
+                logger.debug(
+                    "alert stored",
+                    extra={
+                        "fingerprint": stored.fingerprint,
+                        "group_key": notification.group_key,
+                        "receiver": notification.receiver,
+                        "outcome": _OUTCOME_LABELS[stored.outcome],
+                        "occurrence_id": stored.occurrence_id,
+                        "state_change_id": stored.state_change_id,
+                        "warnings": list(stored.warnings),
+                    },
+                )
         if response.work_item_id:
             self.metrics.work_items_enqueued.inc()
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -47,6 +48,8 @@ CONTEXT_WINDOW = timedelta(hours=24)
 _ROWS_PER_STATEMENT = 500
 
 _T = TypeVar("_T")
+
+logger = logging.getLogger(__name__)
 
 ChangeIds = dict[tuple[int, str], int]
 
@@ -97,22 +100,62 @@ def _notification_params(
 
 
 @dataclass(frozen=True)
-class _Write:
-    """Everything storing one notification writes after reading occurrences."""
+class StoreItem:
+    """One notification to store, as a StoreNotification request carries it."""
 
     notification: alert_pb2.Notification
+    enqueue_work: bool = False
+    trace_context: Mapping[str, str] | None = None
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    item: StoreItem
+    alerts: list[PreparedAlert]
+
+
+def _prepare(item: StoreItem, received_at: datetime) -> _Prepared:
+    """Check a notification's alerts, or raise InvalidInputError."""
+    notification = item.notification
+    if not notification.alerts:
+        raise InvalidInputError("notification.alerts is empty")
+    alerts = [
+        prepare_alert(alert, index, received_at)
+        for index, alert in enumerate(notification.alerts)
+    ]
+    check_strings(notification, alerts)
+    return _Prepared(item, alerts)
+
+
+# Marks a result that the shared transaction has yet to fill in.
+_PENDING = InvalidInputError("not stored")
+
+
+def _fill(
+    results: list[history_pb2.StoreNotificationResponse | Exception],
+    responses: Sequence[history_pb2.StoreNotificationResponse | Exception],
+) -> list[history_pb2.StoreNotificationResponse | Exception]:
+    """Put `responses` in the places of `results` still pending, in order."""
+    remaining = iter(responses)
+    return [next(remaining) if result is _PENDING else result for result in results]
+
+
+@dataclass(frozen=True)
+class _Write:
+    """Everything storing a batch of notifications writes after reading occurrences."""
+
+    batch: Sequence[_Prepared]
     received_at: datetime
     updates: list[OccurrenceUpdate]
-    changes: list[NewStateChange]
-    enqueue_work: bool
-    trace_context: dict[str, str]
+    # The state changes of each notification of the batch, in order.
+    changes: list[list[NewStateChange]]
 
 
 @dataclass(frozen=True)
 class _Written:
-    notification_id: int
+    notification_ids: list[int]
     change_ids: ChangeIds
-    work_item_id: int
+    work_item_ids: list[int]
 
 
 class HistoryStore:
@@ -143,63 +186,107 @@ class HistoryStore:
         none is written when every alert is a repeat. Raises InvalidInputError
         for a notification that can never be stored.
         """
-        if not notification.alerts:
-            raise InvalidInputError("notification.alerts is empty")
-        received_at = self._clock()
-        alerts = [
-            prepare_alert(alert, index, received_at)
-            for index, alert in enumerate(notification.alerts)
-        ]
-        check_strings(notification, alerts)
+        [result] = await self.store_notifications(
+            [StoreItem(notification, enqueue_work, trace_context)]
+        )
+        if isinstance(result, Exception):
+            raise result
+        return result
 
+    async def store_notifications(
+        self, items: Sequence[StoreItem]
+    ) -> list[history_pb2.StoreNotificationResponse | Exception]:
+        """Store several notifications in order, in one transaction when they can.
+
+        Returns one result per item, in order: its response, or the exception
+        storing it alone raised. Notifications are applied in order, so a
+        repeat in a later item of the same call is a REPEAT as it would be in
+        a later call. When the shared transaction fails, each notification is
+        stored again in its own transaction, so that one that cannot be
+        stored fails alone.
+        """
+        results: list[history_pb2.StoreNotificationResponse | Exception] = []
+        received_at = self._clock()
+        batch: list[_Prepared] = []
+        for item in items:
+            try:
+                batch.append(_prepare(item, received_at))
+            except InvalidInputError as exc:
+                results.append(exc)
+                continue
+            results.append(_PENDING)
+        if len(batch) > 1:
+            try:
+                together = await self._store_prepared(batch, received_at)
+            except Exception as exc:
+                logger.warning(
+                    "storing notifications together failed; storing each alone",
+                    extra={"notifications": len(batch), "error": repr(exc)[:200]},
+                )
+            else:
+                return _fill(results, together)
+        alone: list[history_pb2.StoreNotificationResponse | Exception] = []
+        for prepared in batch:
+            try:
+                if len(batch) > 1:
+                    # Decisions appended warnings to the prepared alerts, so a
+                    # retry starts from the request again.
+                    prepared = _prepare(prepared.item, received_at)
+                alone.extend(await self._store_prepared([prepared], received_at))
+            except Exception as exc:
+                alone.append(exc)
+        return _fill(results, alone)
+
+    async def _store_prepared(
+        self, batch: Sequence[_Prepared], received_at: datetime
+    ) -> list[history_pb2.StoreNotificationResponse]:
         async with self.db.transaction() as conn:
-            states = await self._claim_occurrences(
-                conn, notification, alerts, received_at
-            )
-            decisions = [decide(alert, states[alert.key]) for alert in alerts]
+            states = await self._claim_occurrences(conn, batch, received_at)
+            decisions = [
+                [
+                    decide(alert, states[alert.key], prepared.item.notification)
+                    for alert in prepared.alerts
+                ]
+                for prepared in batch
+            ]
             write = _Write(
-                notification,
+                batch,
                 received_at,
                 plan_updates(states),
-                plan_changes(decisions),
-                enqueue_work,
-                dict(trace_context or {}),
+                [plan_changes(item_decisions) for item_decisions in decisions],
             )
             written = await self._write(conn, write)
 
-        return store_response(
-            decisions,
-            written.change_ids,
-            written.notification_id,
-            written.work_item_id,
-        )
+        return [
+            store_response(
+                item_decisions,
+                written.change_ids,
+                written.notification_ids[index],
+                written.work_item_ids[index],
+            )
+            for index, item_decisions in enumerate(decisions)
+        ]
 
     async def _claim_occurrences(
-        self,
-        conn: Connection,
-        notification: alert_pb2.Notification,
-        alerts: list[PreparedAlert],
-        received_at: datetime,
+        self, conn: Connection, batch: Sequence[_Prepared], received_at: datetime
     ) -> dict[OccurrenceKey, OccurrenceState]:
         """Insert the occurrences not stored yet and lock the others.
 
         Keys are inserted in sorted order so that two transactions inserting
         overlapping sets wait on each other instead of deadlocking.
         """
-        first_by_key: dict[OccurrenceKey, PreparedAlert] = {}
-        for alert in alerts:
-            first_by_key.setdefault(alert.key, alert)
+        first_by_key: dict[OccurrenceKey, tuple[PreparedAlert, _Prepared]] = {}
+        for prepared in batch:
+            for alert in prepared.alerts:
+                first_by_key.setdefault(alert.key, (alert, prepared))
         ordered = [first_by_key[key] for key in sorted(first_by_key)]
 
         states: dict[OccurrenceKey, OccurrenceState] = {}
         for chunk in _chunks(ordered):
-            rows = await self._insert_occurrences(
-                conn, notification, chunk, received_at
-            )
-            for row in rows:
+            for row in await self._insert_occurrences(conn, chunk, received_at):
                 key = (row["fingerprint"], row["starts_at"])
                 states[key] = OccurrenceState(
-                    id=row["id"], status=first_by_key[key].status, inserted=True
+                    id=row["id"], status=first_by_key[key][0].status, inserted=True
                 )
 
         existing = [key for key in first_by_key if key not in states]
@@ -217,13 +304,13 @@ class HistoryStore:
     async def _insert_occurrences(
         self,
         conn: Connection,
-        notification: alert_pb2.Notification,
-        alerts: Sequence[PreparedAlert],
+        alerts: Sequence[tuple[PreparedAlert, _Prepared]],
         received_at: datetime,
     ) -> list[Row]:
         columns = 17
         params: list[Any] = []
-        for alert in alerts:
+        for alert, prepared in alerts:
+            notification = prepared.item.notification
             params.extend(
                 (
                     alert.fingerprint,
@@ -286,35 +373,73 @@ class HistoryStore:
         return rows
 
     async def _write(self, conn: Connection, write: _Write) -> _Written:
-        notification_id = int(
-            await conn.fetchval(
-                f"INSERT INTO notifications ({_NOTIFICATION_COLUMNS})"
-                f" VALUES {_values_list(1, 11)} RETURNING id",
-                *_notification_params(write.notification, write.received_at),
-            )
+        notification_ids = await self._insert_ordered(
+            conn,
+            "notifications",
+            _NOTIFICATION_COLUMNS,
+            [
+                _notification_params(prepared.item.notification, write.received_at)
+                for prepared in write.batch
+            ],
         )
         await self._update_occurrences(conn, write)
-        change_ids = await self._insert_state_changes(conn, write, notification_id)
+        change_ids = await self._insert_state_changes(conn, write, notification_ids)
 
-        work_item_id = 0
-        if write.enqueue_work and change_ids:
-            work_item_id = int(
-                await conn.fetchval(
-                    "INSERT INTO work_items (notification_id, state_change_ids,"
-                    " trace_context, enqueued_at, attempts)"
-                    " VALUES ($1, $2, $3, $4, 0) RETURNING id",
-                    notification_id,
-                    sorted(change_ids.values()),
-                    write.trace_context,
+        queued = [
+            index
+            for index, prepared in enumerate(write.batch)
+            if prepared.item.enqueue_work and write.changes[index]
+        ]
+        work_ids = await self._insert_ordered(
+            conn,
+            "work_items",
+            "notification_id, state_change_ids, trace_context, enqueued_at, attempts",
+            [
+                (
+                    notification_ids[index],
+                    sorted(
+                        change_ids[(change.occurrence_id, change.status)]
+                        for change in write.changes[index]
+                    ),
+                    dict(write.batch[index].item.trace_context or {}),
                     write.received_at,
+                    0,
                 )
+                for index in queued
+            ],
+        )
+        work_item_ids = [0] * len(write.batch)
+        for index, work_id in zip(queued, work_ids, strict=True):
+            work_item_ids[index] = work_id
+        return _Written(notification_ids, change_ids, work_item_ids)
+
+    async def _insert_ordered(
+        self,
+        conn: Connection,
+        table: str,
+        columns: str,
+        rows: Sequence[tuple[Any, ...]],
+    ) -> list[int]:
+        """Insert `rows` and return their new ids in the order of `rows`.
+
+        Ids come from a sequence (an integer primary key on SQLite), which
+        numbers the rows of one statement in the order they are inserted, so
+        the sorted ids match the rows whatever order RETURNING lists them in.
+        """
+        ids: list[int] = []
+        for chunk in _chunks(rows, _ROWS_PER_STATEMENT // 2):
+            params = [value for row in chunk for value in row]
+            returned = await conn.fetch(
+                f"INSERT INTO {table} ({columns})"
+                f" VALUES {_values_list(len(chunk), len(chunk[0]))} RETURNING id",
+                *params,
             )
-        return _Written(notification_id, change_ids, work_item_id)
+            ids.extend(sorted(int(row["id"]) for row in returned))
+        return ids
 
     async def _update_occurrences(self, conn: Connection, write: _Write) -> None:
         if not write.updates:
             return
-        notification = write.notification
         await conn.executemany(
             "UPDATE occurrences SET status = $2, ends_at = COALESCE($3, ends_at),"
             " annotations = $4, last_seen_at = $5, deliveries = deliveries + $6,"
@@ -329,39 +454,40 @@ class HistoryStore:
                     update.annotations,
                     write.received_at,
                     update.deliveries,
-                    notification.group_key,
-                    notification.receiver,
-                    notification.truncated_alerts,
-                    notification.external_url,
+                    update.notification.group_key,
+                    update.notification.receiver,
+                    update.notification.truncated_alerts,
+                    update.notification.external_url,
                 )
-                for update in write.updates
+                for update in sorted(write.updates, key=lambda update: update.id)
             ],
         )
 
     async def _insert_state_changes(
-        self, conn: Connection, write: _Write, notification_id: int
+        self, conn: Connection, write: _Write, notification_ids: Sequence[int]
     ) -> ChangeIds:
+        rows = [
+            (
+                change.occurrence_id,
+                notification_ids[index],
+                change.status,
+                change.changed_at,
+                write.received_at,
+            )
+            for index, changes in enumerate(write.changes)
+            for change in changes
+        ]
         ids: ChangeIds = {}
-        for chunk in _chunks(write.changes):
-            params: list[Any] = []
-            for change in chunk:
-                params.extend(
-                    (
-                        change.occurrence_id,
-                        notification_id,
-                        change.status,
-                        change.changed_at,
-                        write.received_at,
-                    )
-                )
-            rows = await conn.fetch(
+        for chunk in _chunks(rows):
+            params = [value for row in chunk for value in row]
+            returned = await conn.fetch(
                 "INSERT INTO state_changes"
                 " (occurrence_id, notification_id, status, changed_at, recorded_at)"
                 f" VALUES {_values_list(len(chunk), 5)}"
                 " RETURNING id, occurrence_id, status",
                 *params,
             )
-            for row in rows:
+            for row in returned:
                 ids[(row["occurrence_id"], row["status"])] = row["id"]
         return ids
 
@@ -443,6 +569,24 @@ class HistoryStore:
                 " ORDER BY id FOR UPDATE",
                 [row["state_change_id"] for row in inserted],
             )
+            # One statement for the whole batch: the newest new classification
+            # of each occurrence, if it is newer than the stored one.
+            await conn.execute(
+                "UPDATE occurrences o SET latest_change_id = v.change_id,"
+                " latest_severity = v.severity, latest_confidence = v.confidence"
+                " FROM (SELECT DISTINCT ON (s.occurrence_id) s.occurrence_id,"
+                " c.change_id, c.severity, c.confidence"
+                " FROM unnest($1::bigint[], $2::text[], $3::float8[])"
+                " AS c(change_id, severity, confidence)"
+                " JOIN state_changes s ON s.id = c.change_id"
+                " ORDER BY s.occurrence_id, c.change_id DESC) v"
+                " WHERE o.id = v.occurrence_id"
+                " AND (o.latest_change_id IS NULL OR o.latest_change_id < v.change_id)",
+                [row["state_change_id"] for row in inserted],
+                [row["severity"] for row in inserted],
+                [row["confidence"] for row in inserted],
+            )
+            return
         await conn.executemany(
             "UPDATE occurrences SET latest_change_id = $1, latest_severity = $2,"
             " latest_confidence = $3"

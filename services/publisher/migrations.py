@@ -113,4 +113,13 @@ MIGRATIONS: tuple[Migration, ...] = (
             " ON publisher_delivery_attempts (attempted_at)",
         ),
     ),
+    Migration(
+        version=4,
+        description="pending deliveries of a target in id order",
+        statements=(
+            # Claims read a target's oldest pending deliveries.
+            "CREATE INDEX publisher_deliveries_pending"
+            " ON publisher_deliveries (target, id) WHERE state = 'pending'",
+        ),
+    ),
 )

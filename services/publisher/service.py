@@ -42,6 +42,7 @@ from services.publisher.store import (
     DeliveredStates,
     DeliveryStore,
     NewDelivery,
+    PlannedBatch,
 )
 from services.publisher.targets import (
     Target,
@@ -58,6 +59,31 @@ SERVICE_NAME = publisher_pb2.DESCRIPTOR.services_by_name["PublisherService"].ful
 MAX_BATCH_ID_LENGTH = 200
 # Requests per PublishBatch call.
 MAX_PUBLISH_BATCH_REQUESTS = 500
+
+
+@dataclass(frozen=True)
+class _Publication:
+    """A PublishRequest's batch and the target plans its planner fills in."""
+
+    batch: PlannedBatch
+    plans: list[TargetPlan]
+
+
+def _set_error(
+    result: publisher_pb2.PublishResult, error: Exception, batch_id: str
+) -> None:
+    """Report in `result` the status Publish would have returned for `error`."""
+    if isinstance(error, AlertHistoryError):
+        result.code = status_for(error).value[0]
+        result.message = str(error)
+        return
+    logger.error(
+        "unexpected error publishing a batch",
+        exc_info=error,
+        extra={"batch_id": batch_id},
+    )
+    result.code = grpc.StatusCode.INTERNAL.value[0]
+    result.message = "internal error"
 
 
 class PublisherService:
@@ -170,21 +196,31 @@ class PublisherService:
                 f" got {count}"
             )
         response = publisher_pb2.PublishBatchResponse()
+        pending: list[tuple[publisher_pb2.PublishResult, _Publication]] = []
         for single in request.requests:
             result = response.results.add()
             try:
-                result.response.CopyFrom(await self.publish(single))
+                check_publish_request(single)
             except AlertHistoryError as exc:
-                result.code = status_for(exc).value[0]
-                result.message = str(exc)
+                _set_error(result, exc, single.batch_id)
+                continue
+            if self.targets.metrics_only:
+                result.response.metrics_only = True
+                continue
+            pending.append((result, self._publication(single)))
+        if not pending:
+            return response
+
+        recorded = await self.store.record_planned_batches(
+            [publication.batch for _, publication in pending], datetime.now(UTC)
+        )
+        for (result, publication), created in zip(pending, recorded, strict=True):
+            try:
+                if isinstance(created, Exception):
+                    raise created
+                result.response.CopyFrom(await self._published(publication, created))
             except Exception as exc:
-                logger.error(
-                    "unexpected error publishing a batch",
-                    exc_info=exc,
-                    extra={"batch_id": single.batch_id},
-                )
-                result.code = grpc.StatusCode.INTERNAL.value[0]
-                result.message = "internal error"
+                _set_error(result, exc, publication.batch.batch_id)
         return response
 
     async def publish(
@@ -194,7 +230,20 @@ class PublisherService:
         check_publish_request(request)
         if self.targets.metrics_only:
             return publisher_pb2.PublishResponse(metrics_only=True)
+        publication = self._publication(request)
+        batch = publication.batch
+        created = await self.store.record_planned_batch(
+            batch.batch_id,
+            batch.alert_count,
+            batch.occurrence_keys,
+            batch.plan,
+            datetime.now(UTC),
+        )
+        return await self._published(publication, created)
 
+    def _publication(self, request: publisher_pb2.PublishRequest) -> _Publication:
+        """Return the batch to record for `request`, planned against the
+        targets in effect now."""
         targets = self.targets.all()
         plans: list[TargetPlan] = []
 
@@ -208,20 +257,25 @@ class PublisherService:
                 )
             ]
 
-        created = await self.store.record_planned_batch(
+        batch = PlannedBatch(
             request.batch_id,
             len(request.alerts),
             [occurrence_key(item.alert) for item in request.alerts],
             plan,
-            datetime.now(UTC),
         )
-        if not created:
-            return await self._recorded_before(request.batch_id)
+        return _Publication(batch, plans)
 
-        self._count_filtered(plans)
+    async def _published(
+        self, publication: _Publication, created: bool
+    ) -> publisher_pb2.PublishResponse:
+        """Answer a recorded publication and wake the worker for its deliveries."""
+        if not created:
+            return await self._recorded_before(publication.batch.batch_id)
+
+        self._count_filtered(publication.plans)
         self.worker.wake()
         response = publisher_pb2.PublishResponse()
-        for target_plan in plans:
+        for target_plan in publication.plans:
             if target_plan.selected:
                 response.targets.add(
                     target=target_plan.target.name,

@@ -10,6 +10,7 @@ alert for formats with one request per alert.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +30,26 @@ Planner = Callable[[DeliveredStates], Sequence["NewDelivery"]]
 # Transactions retried when a concurrent Publish recorded the same alert
 # state for a target first (PostgreSQL only; SQLite serialises writers).
 RECORD_TRANSACTION_ATTEMPTS = 3
+# Oldest pending deliveries of a target that one claim looks at.
+# NOTE: when the CLAIM_WINDOW oldest pending deliveries of a target all wait
+# for a retry, newer groups of that target wait too, until one is due.
+CLAIM_WINDOW = 1000
+# Alert rows per INSERT into publisher_delivery_alerts.
+_ALERT_ROWS_PER_STATEMENT = 500
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PlannedBatch:
+    """A batch to record: its id, size, the states it carries and its planner."""
+
+    batch_id: str
+    alert_count: int
+    occurrence_keys: Sequence[str]
+    plan: Planner
+
+
 # Occurrence keys per IN (...) list.
 KEYS_PER_QUERY = 500
 
@@ -193,11 +214,11 @@ class DeliveryStore:
         UnavailableError when concurrent calls kept recording the same
         states first.
         """
+        batch = PlannedBatch(batch_id, alert_count, occurrence_keys, plan)
         for attempt in range(1, RECORD_TRANSACTION_ATTEMPTS + 1):
             try:
-                return await self._record_once(
-                    batch_id, alert_count, occurrence_keys, plan, now
-                )
+                async with self.db.transaction() as conn:
+                    return await _record_in(conn, batch, now)
             except (asyncpg.UniqueViolationError, sqlite3.IntegrityError) as exc:
                 if attempt == RECORD_TRANSACTION_ATTEMPTS:
                     raise UnavailableError(
@@ -206,28 +227,43 @@ class DeliveryStore:
                     ) from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _record_once(
-        self,
-        batch_id: str,
-        alert_count: int,
-        occurrence_keys: Sequence[str],
-        plan: Planner,
-        now: datetime,
-    ) -> bool:
-        async with self.db.transaction() as conn:
-            inserted = await conn.execute(
-                "INSERT INTO publisher_batches (batch_id, alert_count, received_at)"
-                " VALUES ($1, $2, $3) ON CONFLICT (batch_id) DO NOTHING",
-                batch_id,
-                alert_count,
-                now,
-            )
-            if inserted != 1:
-                return False
-            delivered = await _delivered_states(conn, occurrence_keys)
-            for delivery in plan(delivered):
-                await _insert_delivery(conn, batch_id, delivery, now)
-            return True
+    async def record_planned_batches(
+        self, batches: Sequence[PlannedBatch], now: datetime
+    ) -> list[bool | Exception]:
+        """Record several batches in order, in one transaction when they can.
+
+        Returns, per batch, what record_planned_batch would return or the
+        exception it would raise. A later batch's plan sees the deliveries
+        of the earlier ones. When the shared transaction fails, each batch
+        is recorded in its own, so that one failure stays with its batch.
+        """
+        if len(batches) > 1:
+            try:
+                async with self.db.transaction() as conn:
+                    together: list[bool | Exception] = [
+                        await _record_in(conn, batch, now) for batch in batches
+                    ]
+                return together
+            except Exception as exc:
+                logger.warning(
+                    "recording batches together failed; recording each alone",
+                    extra={"batches": len(batches), "error": repr(exc)[:200]},
+                )
+        alone: list[bool | Exception] = []
+        for batch in batches:
+            try:
+                alone.append(
+                    await self.record_planned_batch(
+                        batch.batch_id,
+                        batch.alert_count,
+                        batch.occurrence_keys,
+                        batch.plan,
+                        now,
+                    )
+                )
+            except Exception as exc:
+                alone.append(exc)
+        return alone
 
     async def claim(
         self,
@@ -242,16 +278,25 @@ class DeliveryStore:
         On PostgreSQL, FOR UPDATE SKIP LOCKED keeps two replicas from taking
         the same delivery; an expired lease makes a delivery due again.
         """
+        # Group heads among the target's oldest CLAIM_WINDOW pending
+        # deliveries: a delivery that is first of its group there is first of
+        # its group overall, because the earlier deliveries of its group have
+        # smaller ids. Reading a window, not every pending delivery, keeps a
+        # claim's cost flat while a backlog grows.
         heads = (
-            "SELECT id FROM ("
-            + _NUMBERED_PENDING.format(target_filter="AND target = $1")
-            + ") numbered WHERE position = 1 AND next_attempt_at <= $2"
+            "SELECT id FROM (SELECT id, next_attempt_at, lease_expires_at,"
+            " ROW_NUMBER() OVER (PARTITION BY group_key ORDER BY id) AS position"
+            " FROM (SELECT id, group_key, next_attempt_at, lease_expires_at"
+            " FROM publisher_deliveries WHERE state = 'pending' AND target = $1"
+            " ORDER BY id LIMIT $4) oldest) numbered"
+            " WHERE position = 1 AND next_attempt_at <= $2"
             " AND (lease_expires_at IS NULL OR lease_expires_at <= $2)"
             " ORDER BY next_attempt_at, id LIMIT $3"
         )
         async with self.db.transaction() as conn:
             head_ids = [
-                int(row["id"]) for row in await conn.fetch(heads, target, now, limit)
+                int(row["id"])
+                for row in await conn.fetch(heads, target, now, limit, CLAIM_WINDOW)
             ]
             if not head_ids:
                 return []
@@ -402,6 +447,23 @@ class DeliveryStore:
         ]
 
 
+async def _record_in(conn: Connection, batch: PlannedBatch, now: datetime) -> bool:
+    """Record one batch on `conn`; False when its batch_id was recorded before."""
+    inserted = await conn.execute(
+        "INSERT INTO publisher_batches (batch_id, alert_count, received_at)"
+        " VALUES ($1, $2, $3) ON CONFLICT (batch_id) DO NOTHING",
+        batch.batch_id,
+        batch.alert_count,
+        now,
+    )
+    if inserted != 1:
+        return False
+    delivered = await _delivered_states(conn, batch.occurrence_keys)
+    for delivery in batch.plan(delivered):
+        await _insert_delivery(conn, batch.batch_id, delivery, now)
+    return True
+
+
 def _lease_query(count: int, skip_locked: str) -> str:
     """Lease the listed deliveries that are still pending and due.
 
@@ -444,24 +506,33 @@ async def _insert_delivery(
         now,
         dict(delivery.trace_context),
     )
-    await conn.executemany(
-        "INSERT INTO publisher_delivery_alerts"
-        " (delivery_id, fingerprint, status, state_change_id, target,"
-        " occurrence_key)"
-        " VALUES ($1, $2, $3, $4, $5, $6)"
-        " ON CONFLICT (delivery_id, fingerprint) DO NOTHING",
-        [
-            (
-                delivery_id,
-                alert.fingerprint,
-                alert.status,
-                alert.state_change_id,
-                delivery.target,
-                alert.occurrence_key,
-            )
-            for alert in delivery.alerts
-        ],
-    )
+    rows = [
+        (
+            delivery_id,
+            alert.fingerprint,
+            alert.status,
+            alert.state_change_id,
+            delivery.target,
+            alert.occurrence_key,
+        )
+        for alert in delivery.alerts
+    ]
+    # One statement per chunk rather than one per alert; 6 parameters a row
+    # stays far below the parameter limit of PostgreSQL and SQLite.
+    for start in range(0, len(rows), _ALERT_ROWS_PER_STATEMENT):
+        chunk = rows[start : start + _ALERT_ROWS_PER_STATEMENT]
+        values = ", ".join(
+            "(" + ", ".join(f"${6 * row + column + 1}" for column in range(6)) + ")"
+            for row in range(len(chunk))
+        )
+        await conn.execute(
+            "INSERT INTO publisher_delivery_alerts"
+            " (delivery_id, fingerprint, status, state_change_id, target,"
+            " occurrence_key)"
+            f" VALUES {values}"
+            " ON CONFLICT (delivery_id, fingerprint) DO NOTHING",
+            *(value for row in chunk for value in row),
+        )
 
 
 async def _delivered_states(

@@ -186,6 +186,46 @@ async def test_webhook_ha_peers_in_parallel_one_occurrence(mesh: InProcessMesh):
     assert len(await mesh.history(fingerprint="00000000000000e1")) == 1
 
 
+async def test_webhooks_stored_together_answer_each_alone(tmp_path: Path) -> None:
+    bodies = [json.loads(path.read_text()) for path in WEBHOOKS for _ in range(3)] + [
+        case("r15", "inbound_invalid.json")
+    ]
+
+    async with InProcessMesh(tmp_path, {"STORE_CONCURRENCY": "1"}) as mesh:
+        answers = await asyncio.gather(
+            *(mesh.post("/webhook", body) for body in bodies)
+        )
+        registry = mesh.registries["history"]
+        together = registry.get_sample_value(
+            "alert_history_grpc_server_handled_total",
+            {
+                "grpc_service": "alerthistory.history.v1.HistoryService",
+                "grpc_method": "StoreNotifications",
+                "grpc_code": "OK",
+            },
+        )
+        stored = await mesh.history(limit="1000")
+
+    statuses = [status for status, _ in answers]
+    assert statuses == [200] * (len(bodies) - 1) + [400]
+    assert together is not None and together >= 1
+    # Every body went three times at once: each state is new exactly once.
+    new_states = [
+        (alert["occurrence_id"], alert["status"])
+        for _, answer in answers[:-1]
+        for alert in answer["alerts"]
+        if alert["outcome"] == "new"
+    ]
+    assert len(new_states) == len(set(new_states))
+    occurrences = {
+        alert["occurrence_id"]
+        for _, answer in answers[:-1]
+        for alert in answer["alerts"]
+    }
+    assert {occurrence for occurrence, _ in new_states} == occurrences
+    assert len(stored) == len(occurrences)
+
+
 async def test_webhook_invalid_alerts_rejected(mesh: InProcessMesh):
     status, answer = await mesh.post(
         "/webhook/proxy", case("r15", "inbound_invalid.json")

@@ -136,6 +136,55 @@ async def test_service_metrics_count_outcomes(server: Running) -> None:
     assert enqueued == 1
 
 
+async def test_service_store_notifications_each_result(server: Running) -> None:
+    good = history_pb2.StoreNotificationRequest(
+        notification=load_notification("cases/r16/inbound.json"), enqueue_work=True
+    )
+    bad = history_pb2.StoreNotificationRequest(
+        notification=load_notification("cases/r14/inbound.json")
+    )
+    bad.notification.alerts[0].fingerprint = ""
+
+    response = await server.stub.StoreNotifications(
+        history_pb2.StoreNotificationsRequest(requests=[good, bad, good]), timeout=10
+    )
+
+    first, failed, repeat = response.results
+    assert first.code == 0
+    assert [a.outcome for a in first.response.alerts] == [
+        history_pb2.STORE_OUTCOME_NEW
+    ] * 2
+    assert failed.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert "fingerprint" in failed.message
+    assert not failed.HasField("response")
+    assert [a.outcome for a in repeat.response.alerts] == [
+        history_pb2.STORE_OUTCOME_REPEAT
+    ] * 2
+    assert repeat.response.work_item_id == 0
+    new = server.registry.get_sample_value(
+        "alert_history_alerts_stored_total", {"outcome": "new"}
+    )
+    assert new == 2
+
+
+@pytest.mark.parametrize("count", [0, 501])
+async def test_service_store_notifications_count_invalid(
+    server: Running, count: int
+) -> None:
+    request = history_pb2.StoreNotificationRequest(
+        notification=load_notification("cases/r16/inbound.json")
+    )
+
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await server.stub.StoreNotifications(
+            history_pb2.StoreNotificationsRequest(requests=[request] * count),
+            timeout=10,
+        )
+
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "1 to 500" in (raised.value.details() or "")
+
+
 async def test_service_limit_zero_invalid(server: Running) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await server.stub.ListOccurrences(

@@ -13,7 +13,7 @@ from alerthistory.history.v1 import history_pb2
 from libs.alerts import parse_notification, timestamp_to_datetime
 from libs.db import Database
 from libs.errors import InvalidInputError, NotFoundError, UnavailableError
-from services.history.store import HistoryStore
+from services.history.store import HistoryStore, StoreItem
 from tests.history.conftest import FIXTURES, FakeClock, load_notification
 
 NEW = history_pb2.STORE_OUTCOME_NEW
@@ -21,6 +21,7 @@ REPEAT = history_pb2.STORE_OUTCOME_REPEAT
 FIRING = alert_pb2.ALERT_STATUS_FIRING
 RESOLVED = alert_pb2.ALERT_STATUS_RESOLVED
 ZERO_TIME = "0001-01-01T00:00:00Z"
+LATER = "2024-05-01T10:07:00Z"
 
 
 def alert_body(
@@ -54,6 +55,13 @@ def notification(*alerts: dict[str, Any], **fields: Any) -> alert_pb2.Notificati
         **fields,
     }
     return parse_notification(body)
+
+
+def stored(
+    result: history_pb2.StoreNotificationResponse | Exception,
+) -> history_pb2.StoreNotificationResponse:
+    assert not isinstance(result, Exception), result
+    return result
 
 
 async def count(store: HistoryStore, table: str) -> int:
@@ -382,6 +390,112 @@ async def test_store_parallel_resolve_one_new(store: HistoryStore) -> None:
     assert await count(store, "state_changes") == 2
 
 
+async def test_store_batch_applies_notifications_in_order(
+    store: HistoryStore,
+) -> None:
+    first = notification(alert_body("00000000000000a1"))
+    second = notification(
+        alert_body("00000000000000a1"), alert_body("00000000000000a2"), groupKey="g2"
+    )
+    third = notification(
+        alert_body("00000000000000a1", status="resolved", ends_at=LATER),
+        groupKey="g3",
+        receiver="last",
+    )
+
+    results = await store.store_notifications(
+        [StoreItem(body, enqueue_work=True) for body in (first, second, third)]
+    )
+
+    responses = [stored(result) for result in results]
+    assert [[a.outcome for a in r.alerts] for r in responses] == [
+        [NEW],
+        [REPEAT, NEW],
+        [NEW],
+    ]
+    ids = [r.notification_id for r in responses]
+    assert ids == sorted(ids) and len(set(ids)) == 3
+    items = await store.lease_work("test", 10, 30)
+    assert [[a.state_change_id for a in item.alerts] for item in items] == [
+        [responses[0].alerts[0].state_change_id],
+        [responses[1].alerts[1].state_change_id],
+        [responses[2].alerts[0].state_change_id],
+    ]
+    assert [item.id for item in items] == [r.work_item_id for r in responses]
+    occurrence = await store.get_occurrence(responses[0].alerts[0].occurrence_id)
+    assert occurrence.status == RESOLVED
+    assert occurrence.deliveries == 3
+    assert (occurrence.group_key, occurrence.receiver) == ("g3", "last")
+    changes = await store.db.fetch(
+        "SELECT notification_id FROM state_changes ORDER BY id"
+    )
+    assert [row["notification_id"] for row in changes] == ids
+
+
+async def test_store_batch_invalid_notification_fails_alone(
+    store: HistoryStore,
+) -> None:
+    results = await store.store_notifications(
+        [
+            StoreItem(notification(alert_body("00000000000000a1"))),
+            StoreItem(alert_pb2.Notification(version="4")),
+            StoreItem(notification(alert_body("00000000000000a2"))),
+        ]
+    )
+
+    assert isinstance(results[1], InvalidInputError)
+    assert stored(results[0]).alerts[0].outcome == NEW
+    assert stored(results[2]).alerts[0].outcome == NEW
+    assert await count(store, "notifications") == 2
+
+
+async def test_store_batch_stores_each_alone_when_together_fails(
+    store: HistoryStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write = store._write
+    batch_sizes: list[int] = []
+
+    async def fail_together(conn: Any, planned: Any) -> Any:
+        batch_sizes.append(len(planned.batch))
+        if len(planned.batch) > 1:
+            raise UnavailableError("together failed")
+        return await write(conn, planned)
+
+    monkeypatch.setattr(store, "_write", fail_together)
+    zero_end = alert_body("00000000000000a3", status="resolved", ends_at=ZERO_TIME)
+    results = await store.store_notifications(
+        [
+            StoreItem(notification(alert_body("00000000000000a1"))),
+            StoreItem(notification(zero_end)),
+        ]
+    )
+
+    assert batch_sizes == [2, 1, 1]
+    responses = [stored(result) for result in results]
+    assert [r.alerts[0].outcome for r in responses] == [NEW, NEW]
+    # The failed attempt's decisions leave no warning behind.
+    assert [len(r.alerts[0].warnings) for r in responses] == [0, 1]
+    assert await count(store, "notifications") == 2
+
+
+async def test_store_parallel_batches_one_new(store: HistoryStore) -> None:
+    body = load_notification("webhooks/03_grouped_firing_kubepodnotready.json")
+
+    batches = await asyncio.gather(
+        *(
+            store.store_notifications([StoreItem(body, enqueue_work=True)] * 3)
+            for _ in range(4)
+        )
+    )
+
+    outcomes = [
+        a.outcome for results in batches for r in results for a in stored(r).alerts
+    ]
+    assert outcomes.count(NEW) == len(body.alerts)
+    assert await count(store, "state_changes") == len(body.alerts)
+    assert await count(store, "work_items") == 1
+
+
 async def test_store_no_alerts_rejected(store: HistoryStore) -> None:
     with pytest.raises(InvalidInputError, match="alerts"):
         await store.store_notification(alert_pb2.Notification(version="4"))
@@ -612,6 +726,47 @@ async def test_classification_first_kept(store: HistoryStore) -> None:
     occurrence = await store.get_occurrence(response.alerts[0].occurrence_id)
     assert occurrence.state_changes[0].classification == classification("first")
     assert await count(store, "classifications") == 1
+
+
+async def test_classification_latest_is_newest_change_in_any_order(
+    store: HistoryStore,
+) -> None:
+    firing = await store.store_notification(
+        notification(alert_body("00000000000000a1"))
+    )
+    resolved = await store.store_notification(
+        notification(
+            alert_body("00000000000000a1", status="resolved", ends_at=LATER),
+            alert_body("00000000000000a2"),
+        )
+    )
+    older = firing.alerts[0].state_change_id
+    newer = resolved.alerts[0].state_change_id
+    other = resolved.alerts[1].state_change_id
+
+    def record(change_id: int, severity: int) -> history_pb2.ClassificationRecord:
+        verdict = classification()
+        verdict.severity = severity  # type: ignore[assignment]
+        return history_pb2.ClassificationRecord(
+            state_change_id=change_id, classification=verdict
+        )
+
+    await store.record_classifications(
+        [
+            record(newer, alert_pb2.SEVERITY_INFO),
+            record(other, alert_pb2.SEVERITY_WARNING),
+            record(older, alert_pb2.SEVERITY_CRITICAL),
+        ]
+    )
+
+    rows = await store.db.fetch(
+        "SELECT fingerprint, latest_change_id, latest_severity FROM occurrences"
+        " ORDER BY fingerprint"
+    )
+    assert [tuple(row) for row in rows] == [
+        ("00000000000000a1", newer, "info"),
+        ("00000000000000a2", other, "warning"),
+    ]
 
 
 async def test_classification_unknown_change_rejected(store: HistoryStore) -> None:

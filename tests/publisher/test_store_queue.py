@@ -1,7 +1,9 @@
-"""Which deliveries the store leases (group heads only) and when targets are due."""
+"""How the store records batches, which deliveries it leases (group heads only)
+and when targets are due."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
@@ -9,7 +11,14 @@ import pytest
 
 from libs.db import Database, migrate
 from services.publisher.migrations import COMPONENT, MIGRATIONS
-from services.publisher.store import DeliveryStore, NewDelivery
+from services.publisher.store import (
+    DeliveredAlert,
+    DeliveredStates,
+    DeliveryStore,
+    NewDelivery,
+    PlannedBatch,
+    Planner,
+)
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 LEASE_UNTIL = NOW + timedelta(seconds=60)
@@ -93,3 +102,74 @@ async def test_due_times_per_target(store: DeliveryStore) -> None:
     due = await store.due_times()
 
     assert set(due) == {"hook", "other"}
+
+
+def carrying(group_key: str, key: str, status: str) -> NewDelivery:
+    alert = DeliveredAlert("f1", status, 1 if status == "firing" else 2, key)
+    return dataclasses.replace(delivery(group_key, 0), alerts=(alert,))
+
+
+async def test_record_batches_see_earlier_batches(store: DeliveryStore) -> None:
+    seen: list[DeliveredStates] = []
+
+    def planner(*items: NewDelivery) -> Planner:
+        def plan(delivered: DeliveredStates) -> list[NewDelivery]:
+            seen.append(delivered)
+            return list(items)
+
+        return plan
+
+    results = await store.record_planned_batches(
+        [
+            PlannedBatch("b1", 1, ["k1"], planner(carrying("g1", "k1", "firing"))),
+            PlannedBatch("b2", 1, ["k1"], planner(carrying("g1", "k1", "resolved"))),
+            PlannedBatch("b1", 1, ["k1"], planner()),
+        ],
+        NOW,
+    )
+
+    assert results == [True, True, False]
+    assert seen == [{}, {("k1", "firing"): frozenset({"hook"})}]
+    claimed = await store.claim("hook", 10, "worker", NOW, LEASE_UNTIL)
+    assert [d.batch_id for d in claimed] == ["b1"]
+
+
+async def test_record_batches_failure_stays_with_its_batch(
+    store: DeliveryStore,
+) -> None:
+    def failing(delivered: DeliveredStates) -> list[NewDelivery]:
+        raise RuntimeError("planner failed")
+
+    results = await store.record_planned_batches(
+        [
+            PlannedBatch("b1", 1, [], lambda _: [delivery("g1", 0)]),
+            PlannedBatch("b2", 1, [], failing),
+            PlannedBatch("b3", 1, [], lambda _: [delivery("g3", 0)]),
+        ],
+        NOW,
+    )
+
+    assert results[0] is True and results[2] is True
+    assert isinstance(results[1], RuntimeError)
+    claimed = await store.claim("hook", 10, "worker", NOW, LEASE_UNTIL)
+    assert sorted(d.batch_id for d in claimed) == ["b1", "b3"]
+
+
+async def test_claim_looks_at_oldest_window_only(
+    store: DeliveryStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("services.publisher.store.CLAIM_WINDOW", 3)
+    await record(store, "b1", delivery("g1", 0), delivery("g2", 1))
+    await record(store, "b2", delivery("g1", 0), delivery("g3", 1))
+
+    first = await store.claim("hook", 10, "worker", NOW, LEASE_UNTIL)
+    # Once the oldest leave the queue, the window moves on.
+    for claimed in first:
+        await store.db.execute(
+            "UPDATE publisher_deliveries SET state = 'succeeded' WHERE id = $1",
+            claimed.id,
+        )
+    second = await store.claim("hook", 10, "worker", NOW, LEASE_UNTIL)
+
+    assert [(d.batch_id, d.part) for d in first] == [("b1", 0), ("b1", 1)]
+    assert [(d.batch_id, d.part) for d in second] == [("b2", 0), ("b2", 1)]
