@@ -17,6 +17,7 @@ not caught.
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from collections.abc import Mapping
@@ -91,11 +92,32 @@ def has_instruction_like_text(
 
 def normalize(text: str) -> str:
     """Fold compatibility forms, drop format characters and map look-alikes."""
+    if text.isascii():
+        # NFKC leaves ASCII as it is, and ASCII has no format characters and
+        # no look-alikes from the table.
+        return text
     folded = unicodedata.normalize("NFKC", text)
     visible = "".join(ch for ch in folded if unicodedata.category(ch) != "Cf")
     return visible.translate(CONFUSABLES)
 
 
+def _scoped(pattern: re.Pattern[str]) -> str:
+    """Return `pattern` as a group that carries its own flags."""
+    flags = ""
+    if pattern.flags & re.IGNORECASE:
+        flags += "i"
+    if pattern.flags & re.MULTILINE:
+        flags += "m"
+    return f"(?{flags}:{pattern.pattern})"
+
+
+# All patterns in one expression, so each text is scanned once, not once per
+# pattern. It matches where any of INSTRUCTION_PATTERNS matches.
+_ANY_INSTRUCTION = re.compile("|".join(_scoped(p) for p in INSTRUCTION_PATTERNS))
+
+
+# Label values and annotations repeat from alert to alert (alertnames,
+# namespaces, rule summaries), so recent results are kept.
+@functools.lru_cache(maxsize=2048)
 def _matches(text: str) -> bool:
-    normalized = normalize(text)
-    return any(pattern.search(normalized) for pattern in INSTRUCTION_PATTERNS)
+    return _ANY_INSTRUCTION.search(normalize(text)) is not None

@@ -7,7 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from services.classifier.injection import has_instruction_like_text, normalize
+from services.classifier.injection import (
+    INSTRUCTION_PATTERNS,
+    has_instruction_like_text,
+    normalize,
+)
 from tests.classifier.conftest import case_alert
 
 RULES_FILE = Path(__file__).parent.parent / "fixtures" / "rules.jsonl"
@@ -151,3 +155,15 @@ def test_injection_other_scripts_not_flagged(text: str) -> None:
 
 def test_injection_normalize_fullwidth() -> None:
     assert normalize("\uff33\uff39\uff33\uff34\uff25\uff2d") == "SYSTEM"
+
+
+def test_combined_patterns_match_as_each_pattern() -> None:
+    texts = [*INSTRUCTION_LIKE, *BENIGN, *LOOKALIKES, *PHRASINGS]
+    for line in RULES_FILE.read_text(encoding="utf-8").splitlines():
+        rule = json.loads(line)
+        texts += [rule.get("summary") or "", rule.get("description") or ""]
+
+    for text in texts:
+        normalized = normalize(text)
+        expected = any(p.search(normalized) for p in INSTRUCTION_PATTERNS)
+        assert has_instruction_like_text({"a": text}, {}) == expected, text

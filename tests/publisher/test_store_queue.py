@@ -12,16 +12,19 @@ import pytest
 from libs.db import Database, migrate
 from services.publisher.migrations import COMPONENT, MIGRATIONS
 from services.publisher.store import (
+    AttemptResult,
     DeliveredAlert,
     DeliveredStates,
     DeliveryStore,
     NewDelivery,
+    Outcome,
     PlannedBatch,
     Planner,
 )
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
-LEASE_UNTIL = NOW + timedelta(seconds=60)
+LEASE = timedelta(seconds=60)
+LEASE_UNTIL = NOW + LEASE
 
 
 def delivery(group_key: str, part: int, target: str = "hook") -> NewDelivery:
@@ -149,7 +152,8 @@ async def test_record_batches_failure_stays_with_its_batch(
         NOW,
     )
 
-    assert results[0] is True and results[2] is True
+    assert results[0] is True
+    assert results[2] is True
     assert isinstance(results[1], RuntimeError)
     claimed = await store.claim("hook", 10, "worker", NOW, LEASE_UNTIL)
     assert sorted(d.batch_id for d in claimed) == ["b1", "b3"]
@@ -173,3 +177,48 @@ async def test_claim_looks_at_oldest_window_only(
 
     assert [(d.batch_id, d.part) for d in first] == [("b1", 0), ("b1", 1)]
     assert [(d.batch_id, d.part) for d in second] == [("b2", 0), ("b2", 1)]
+
+
+RESULT = AttemptResult(
+    attempted_at=NOW,
+    duration_seconds=0.25,
+    status_code=503,
+    error="HTTP 503",
+    response_body="busy",
+)
+
+
+async def test_finish_attempt_stores_outcome(store: DeliveryStore) -> None:
+    await record(store, "b1", delivery("g1", 0))
+    [claimed] = await store.claim("hook", 1, "worker", NOW, LEASE_UNTIL)
+    retry_at = NOW + timedelta(seconds=5)
+
+    stored = await store.finish_attempt(
+        claimed, "worker", RESULT, Outcome("pending", retry_at, "retrying"), NOW
+    )
+
+    assert stored is True
+    record_after = await store.get(claimed.id)
+    assert record_after is not None
+    assert (record_after.state, record_after.attempts) == ("pending", 1)
+    assert record_after.last_error == "retrying"
+    attempts = await store.attempts(claimed.id)
+    assert [(a.attempt, a.status_code, a.error) for a in attempts] == [
+        (1, 503, "HTTP 503")
+    ]
+    assert attempts[0].duration_seconds == pytest.approx(0.25)
+
+
+async def test_finish_attempt_lost_lease_stores_nothing(store: DeliveryStore) -> None:
+    await record(store, "b1", delivery("g1", 0))
+    [claimed] = await store.claim("hook", 1, "worker-a", NOW, LEASE_UNTIL)
+    later = LEASE_UNTIL + timedelta(seconds=1)
+    [taken_over] = await store.claim("hook", 1, "worker-b", later, later + LEASE)
+
+    stored = await store.finish_attempt(
+        claimed, "worker-a", RESULT, Outcome("succeeded", later), later
+    )
+
+    assert taken_over.id == claimed.id
+    assert stored is False
+    assert await store.attempts(claimed.id) == []
