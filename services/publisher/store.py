@@ -26,6 +26,7 @@ DeliveryState = Literal["pending", "succeeded", "dead"]
 # (occurrence key, status) -> names of the targets that have a delivery of it.
 DeliveredStates = dict[tuple[str, str], frozenset[str]]
 # Builds a batch's deliveries once the states delivered before are known.
+# The mapping it receives changes after the call returns, so it must not keep it.
 Planner = Callable[[DeliveredStates], Sequence["NewDelivery"]]
 # Transactions retried when a concurrent Publish recorded the same alert
 # state for a target first (PostgreSQL only; SQLite serialises writers).
@@ -34,7 +35,10 @@ RECORD_TRANSACTION_ATTEMPTS = 3
 # NOTE: when the CLAIM_WINDOW oldest pending deliveries of a target all wait
 # for a retry, newer groups of that target wait too, until one is due.
 CLAIM_WINDOW = 256
-# Alert rows per INSERT into publisher_delivery_alerts.
+# Rows per multi-row INSERT: at 3, 14 and 6 parameters a row, far below the
+# roughly 32,000 parameters PostgreSQL and SQLite 3.32+ accept in one statement.
+_BATCH_ROWS_PER_STATEMENT = 500
+_DELIVERY_ROWS_PER_STATEMENT = 200
 _ALERT_ROWS_PER_STATEMENT = 500
 
 logger = logging.getLogger(__name__)
@@ -223,7 +227,8 @@ class DeliveryStore:
         for attempt in range(1, RECORD_TRANSACTION_ATTEMPTS + 1):
             try:
                 async with self.db.transaction() as conn:
-                    return await _record_in(conn, batch, now)
+                    [created] = await _record_all(conn, [batch], now)
+                    return created
             except (asyncpg.UniqueViolationError, sqlite3.IntegrityError) as exc:
                 if attempt == RECORD_TRANSACTION_ATTEMPTS:
                     raise UnavailableError(
@@ -245,9 +250,9 @@ class DeliveryStore:
         if len(batches) > 1:
             try:
                 async with self.db.transaction() as conn:
-                    together: list[bool | Exception] = [
-                        await _record_in(conn, batch, now) for batch in batches
-                    ]
+                    together: list[bool | Exception] = list(
+                        await _record_all(conn, batches, now)
+                    )
                 return together
             except Exception as exc:
                 logger.warning(
@@ -505,23 +510,6 @@ class DeliveryStore:
         ]
 
 
-async def _record_in(conn: Connection, batch: PlannedBatch, now: datetime) -> bool:
-    """Record one batch on `conn`; False when its batch_id was recorded before."""
-    inserted = await conn.execute(
-        "INSERT INTO publisher_batches (batch_id, alert_count, received_at)"
-        " VALUES ($1, $2, $3) ON CONFLICT (batch_id) DO NOTHING",
-        batch.batch_id,
-        batch.alert_count,
-        now,
-    )
-    if inserted != 1:
-        return False
-    delivered = await _delivered_states(conn, batch.occurrence_keys)
-    for delivery in batch.plan(delivered):
-        await _insert_delivery(conn, batch.batch_id, delivery, now)
-    return True
-
-
 def _lease_query(count: int, skip_locked: str) -> str:
     """Lease the listed deliveries that are still pending and due.
 
@@ -542,59 +530,145 @@ def _lease_query(count: int, skip_locked: str) -> str:
     )
 
 
-async def _insert_delivery(
-    conn: Connection, batch_id: str, delivery: NewDelivery, now: datetime
-) -> None:
-    delivery_id = await conn.fetchval(
-        "INSERT INTO publisher_deliveries"
-        " (batch_id, target, part, format, group_key, idempotency_key, body,"
-        " alert_count, state, attempts, next_attempt_at, created_at, updated_at,"
-        " trace_context)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', 0, $9, $9, $9, $10)"
-        " RETURNING id",
-        batch_id,
-        delivery.target,
-        delivery.part,
-        delivery.format,
-        delivery.group_key,
-        delivery.idempotency_key,
-        delivery.body,
-        len(delivery.alerts),
-        now,
-        dict(delivery.trace_context),
+async def _record_all(
+    conn: Connection, batches: Sequence[PlannedBatch], now: datetime
+) -> list[bool]:
+    """Record `batches` in order on `conn`, with a few statements for all.
+
+    Returns, per batch, False when its batch_id was recorded before (or
+    earlier in `batches`). Each batch's plan receives the deliveries that the
+    earlier batches planned, as if each had been recorded on its own.
+    """
+    first_index: dict[str, int] = {}
+    for index, batch in enumerate(batches):
+        first_index.setdefault(batch.batch_id, index)
+    new_ids = await _insert_batches(
+        conn, [batches[index] for index in first_index.values()], now
     )
-    rows = [
-        (
-            delivery_id,
-            alert.fingerprint,
-            alert.status,
-            alert.state_change_id,
-            delivery.target,
-            alert.occurrence_key,
-        )
-        for alert in delivery.alerts
+    created = [
+        first_index[batch.batch_id] == index and batch.batch_id in new_ids
+        for index, batch in enumerate(batches)
     ]
-    # One statement per chunk rather than one per alert; 6 parameters a row
-    # stays far below the parameter limit of PostgreSQL and SQLite.
-    for start in range(0, len(rows), _ALERT_ROWS_PER_STATEMENT):
-        chunk = rows[start : start + _ALERT_ROWS_PER_STATEMENT]
-        values = ", ".join(
-            "(" + ", ".join(f"${6 * row + column + 1}" for column in range(6)) + ")"
-            for row in range(len(chunk))
+
+    keys = [
+        key
+        for batch, is_new in zip(batches, created, strict=True)
+        if is_new
+        for key in batch.occurrence_keys
+    ]
+    found = await _delivered_targets(conn, keys)
+    delivered = {key: frozenset(targets) for key, targets in found.items()}
+    planned: list[tuple[str, NewDelivery]] = []
+    for batch, is_new in zip(batches, created, strict=True):
+        if not is_new:
+            continue
+        for delivery in batch.plan(delivered):
+            planned.append((batch.batch_id, delivery))
+            for alert in delivery.alerts:
+                if alert.occurrence_key:
+                    state = (alert.occurrence_key, alert.status)
+                    targets = delivered.get(state, frozenset())
+                    delivered[state] = targets | {delivery.target}
+    await _insert_deliveries(conn, planned, now)
+    return created
+
+
+async def _insert_batches(
+    conn: Connection, batches: Sequence[PlannedBatch], now: datetime
+) -> set[str]:
+    """Insert batch rows and return the batch ids that were not stored yet."""
+    inserted: set[str] = set()
+    for start in range(0, len(batches), _BATCH_ROWS_PER_STATEMENT):
+        chunk = batches[start : start + _BATCH_ROWS_PER_STATEMENT]
+        rows = await conn.fetch(
+            "INSERT INTO publisher_batches (batch_id, alert_count, received_at)"
+            f" VALUES {_values(len(chunk), 3)}"
+            " ON CONFLICT (batch_id) DO NOTHING RETURNING batch_id",
+            *(
+                value
+                for batch in chunk
+                for value in (batch.batch_id, batch.alert_count, now)
+            ),
         )
+        inserted.update(row["batch_id"] for row in rows)
+    return inserted
+
+
+async def _insert_deliveries(
+    conn: Connection, planned: Sequence[tuple[str, NewDelivery]], now: datetime
+) -> None:
+    """Insert deliveries and the alert states each carries."""
+    alert_rows: list[tuple[Any, ...]] = []
+    for start in range(0, len(planned), _DELIVERY_ROWS_PER_STATEMENT):
+        chunk = planned[start : start + _DELIVERY_ROWS_PER_STATEMENT]
+        params: list[Any] = []
+        for batch_id, delivery in chunk:
+            params.extend(
+                (
+                    batch_id,
+                    delivery.target,
+                    delivery.part,
+                    delivery.format,
+                    delivery.group_key,
+                    delivery.idempotency_key,
+                    delivery.body,
+                    len(delivery.alerts),
+                    "pending",
+                    0,
+                    now,
+                    now,
+                    now,
+                    dict(delivery.trace_context),
+                )
+            )
+        rows = await conn.fetch(
+            "INSERT INTO publisher_deliveries"
+            " (batch_id, target, part, format, group_key, idempotency_key, body,"
+            " alert_count, state, attempts, next_attempt_at, created_at,"
+            " updated_at, trace_context)"
+            f" VALUES {_values(len(chunk), 14)} RETURNING id",
+            *params,
+        )
+        # A sequence numbers the rows of one statement in insertion order, so
+        # the sorted ids match the rows whatever order RETURNING lists them in.
+        ids = sorted(int(row["id"]) for row in rows)
+        for delivery_id, (_, delivery) in zip(ids, chunk, strict=True):
+            alert_rows.extend(
+                (
+                    delivery_id,
+                    alert.fingerprint,
+                    alert.status,
+                    alert.state_change_id,
+                    delivery.target,
+                    alert.occurrence_key,
+                )
+                for alert in delivery.alerts
+            )
+    for start in range(0, len(alert_rows), _ALERT_ROWS_PER_STATEMENT):
+        chunk_rows = alert_rows[start : start + _ALERT_ROWS_PER_STATEMENT]
         await conn.execute(
             "INSERT INTO publisher_delivery_alerts"
             " (delivery_id, fingerprint, status, state_change_id, target,"
             " occurrence_key)"
-            f" VALUES {values}"
+            f" VALUES {_values(len(chunk_rows), 6)}"
             " ON CONFLICT (delivery_id, fingerprint) DO NOTHING",
-            *(value for row in chunk for value in row),
+            *(value for row in chunk_rows for value in row),
         )
 
 
-async def _delivered_states(
+def _values(rows: int, columns: int) -> str:
+    """Return "($1, $2), ($3, $4)" for `rows` rows of `columns` parameters."""
+    return ", ".join(
+        "("
+        + ", ".join(f"${row * columns + column + 1}" for column in range(columns))
+        + ")"
+        for row in range(rows)
+    )
+
+
+async def _delivered_targets(
     conn: Connection, occurrence_keys: Sequence[str]
-) -> DeliveredStates:
+) -> dict[tuple[str, str], set[str]]:
     """Return the targets that have a delivery of each state of the keys."""
     found: dict[tuple[str, str], set[str]] = {}
     unique = sorted(set(occurrence_keys))
@@ -609,7 +683,7 @@ async def _delivered_states(
         for row in rows:
             key = (row["occurrence_key"], row["status"])
             found.setdefault(key, set()).add(row["target"])
-    return {key: frozenset(targets) for key, targets in found.items()}
+    return found
 
 
 def delivery_record(row: Row) -> DeliveryRecord:

@@ -117,7 +117,7 @@ async def test_record_batches_see_earlier_batches(store: DeliveryStore) -> None:
 
     def planner(*items: NewDelivery) -> Planner:
         def plan(delivered: DeliveredStates) -> list[NewDelivery]:
-            seen.append(delivered)
+            seen.append(dict(delivered))
             return list(items)
 
         return plan
