@@ -332,7 +332,10 @@ class Classifier:
         flags: tuple[str, ...] = ()
         if has_instruction_like_text(alert.labels, alert.annotations):
             flags = (FLAG_INSTRUCTION_LIKE_TEXT,)
-        return _Inspection(self._rules(alert.labels, alert.annotations), flags)
+        verdict = self._rules(
+            alert.labels, alert.annotations, generator_url=alert.generator_url
+        )
+        return _Inspection(verdict, flags)
 
     async def _cache_get(self, key: str, cache_type: str) -> ModelVerdict | None:
         try:

@@ -6,7 +6,12 @@ Alertmanager would deliver for it, with the severity label removed:
 
 - labels: `alertname` plus the rule's other static labels (`labels_other`);
 - annotations: `summary`, `description`, `runbook_url` and the other
-  annotations (`annotations_other`), with Go templates left unrendered.
+  annotations (`annotations_other`), with Go templates left unrendered;
+- generator URL: the graph link Prometheus would set for the rule's `expr`
+  (see `expression.generator_url`), or "" for a rule without one. It holds
+  the rule file's text, while Prometheus prints the parsed expression, which
+  can differ in spacing and number format. The model's expression features
+  depend on neither.
 
 The authors' severity becomes one of the classifier's classes (see
 `truth_severity`). Rules without a severity are skipped.
@@ -22,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from services.classifier.expression import generator_url
 from services.classifier.rules import Severity, is_noise_alertname
 
 DEFAULT_RULES_FILE = (
@@ -58,6 +64,8 @@ class CorpusRule:
     # Repository and path of the rules file, such as
     # "samber/awesome-prometheus-alerts:_data/rules.yml".
     source: str
+    # The alert's generatorURL, which carries the rule's expression.
+    generator_url: str = ""
 
 
 @dataclass(frozen=True)
@@ -123,7 +131,11 @@ def rule_from_row(row: Mapping[str, Any]) -> CorpusRule | None:
     annotations.pop("severity", None)
 
     source = str(row.get("source") or row.get("collection") or "")
-    return CorpusRule(alertname, labels, annotations, severity, source)
+    expression = row.get("expr")
+    url = ""
+    if isinstance(expression, str) and expression.strip():
+        url = generator_url(expression)
+    return CorpusRule(alertname, labels, annotations, severity, source, url)
 
 
 def truth_severity(row: Mapping[str, Any]) -> Severity | None:

@@ -1,8 +1,9 @@
 """Measure how often the no-model classifier agrees with rule authors.
 
-`alert-history evaluate` reads rules in the corpus's JSON-lines format,
-builds each rule's alert without its severity label (see `corpus.py`),
-classifies it and compares the verdict with the authors' severity. Three
+`alert-history evaluate` reads rules in the corpus's JSON-lines format and
+builds each rule's alert without its severity label, with the generator URL
+Prometheus would set for its expression (see `corpus.py`). It classifies
+each alert and compares the verdict with the authors' severity. Three
 classifiers run on the same rules:
 
 - `shipped`: `classify_by_rules` with the learned model, cross-validated.
@@ -110,7 +111,12 @@ def _evaluate_split(
     for rule, fold in zip(rules, fold_of, strict=True):
         labels, annotations = rule.labels, rule.annotations
         verdicts = {
-            "shipped": classify_by_rules(labels, annotations, model=models[fold]),
+            "shipped": classify_by_rules(
+                labels,
+                annotations,
+                generator_url=rule.generator_url,
+                model=models[fold],
+            ),
             "keywords": classify_by_keywords(labels, annotations),
         }
         for name, verdict in verdicts.items():

@@ -15,7 +15,12 @@ an Alertmanager alert carries at run time, never its severity label:
 - `layout`: the names of those labels and of the annotations other than
   `summary` and `description`, as one set, alone and crossed with each
   alertname word. Rule sets have their own conventions, and this lets a word
-  weigh differently in each.
+  weigh differently in each;
+- `expr`: from the rule's PromQL expression in the alert's generator URL
+  (see `expression.py`), the words of metric names split at `_` and `:` and
+  their adjacent pairs, the functions and aggregations, and each comparison
+  operator alone, with the decade of its threshold and with the threshold
+  rounded to two significant digits. An alert without such a URL has none.
 
 Each group's features share a fixed weight divided by the square root of the
 group's size, so a long description does not drown the alertname. The
@@ -37,6 +42,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from services.classifier.expression import (
+    AGGREGATIONS,
+    expression_from_url,
+    parse_expression,
+)
 from services.classifier.severity import Severity
 
 logger = logging.getLogger(__name__)
@@ -50,6 +60,7 @@ GROUP_WEIGHTS: dict[str, float] = {
     "text": 1.0,
     "labels": 2.0,
     "layout": 1.0,
+    "expr": 0.4,
 }
 TEXT_ANNOTATIONS = ("summary", "description", "message")
 
@@ -94,6 +105,15 @@ _EMPTY_ASSIGNMENT = re.compile(r"^\s*\w+\s*[=:]\s*$")
 _CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
 _NON_WORD = re.compile(r"[^0-9A-Za-z]+")
 _TOKEN = re.compile(r"[a-z0-9]+")
+_METRIC_SEPARATOR = re.compile(r"[_:]+")
+_RANGE_TEXT = {
+    "<0": "below 0",
+    "(0,1)": "between 0 and 1",
+    "[1,10)": "from 1 to 10",
+    "[10,100)": "from 10 to 100",
+    "[100,1000)": "from 100 to 1000",
+    ">=1000": "of 1000 or more",
+}
 # Feature kinds that name no word of the alert, left out of explanations.
 _UNEXPLAINED_KINDS = ("s", "a")
 
@@ -114,7 +134,9 @@ class Prediction:
 
 
 def extract_features(
-    labels: Mapping[str, str], annotations: Mapping[str, str]
+    labels: Mapping[str, str],
+    annotations: Mapping[str, str],
+    generator_url: str = "",
 ) -> dict[str, list[str]]:
     """Return the feature names of an alert by group, without duplicates."""
     name_words = [
@@ -154,7 +176,54 @@ def extract_features(
         "text": _unique(text),
         "labels": _unique(label_features),
         "layout": _unique(layout_features),
+        "expr": expression_features(generator_url),
     }
+
+
+def expression_features(generator_url: str) -> list[str]:
+    """Return the features of the PromQL expression in a generator URL.
+
+    A URL that is empty, malformed or has no `g0.expr` parameter gives none.
+    """
+    expression = expression_from_url(generator_url)
+    if not expression:
+        return []
+    parsed = parse_expression(expression)
+    features = []
+    for metric in parsed.metrics:
+        words = [
+            word
+            for word in _METRIC_SEPARATOR.split(metric.lower())
+            if word and not word.isdigit()
+        ]
+        features += [f"em:{word}" for word in words]
+        features += [
+            f"emb:{first}_{second}" for first, second in itertools.pairwise(words)
+        ]
+    features += [f"ef:{name}" for name in parsed.functions]
+    for operator, threshold in parsed.comparisons:
+        features.append(f"ec:{operator}")
+        if threshold is None:
+            continue
+        features.append(f"et:{operator}:{threshold_range(threshold)}")
+        features.append(f"ev:{operator}:{threshold:.2g}")
+    return _unique(features)
+
+
+def threshold_range(value: float) -> str:
+    """Return the range of a comparison's threshold: 0, 1 or a decade."""
+    if value < 0:
+        return "<0"
+    if value == 0:
+        return "0"
+    if value == 1:
+        return "1"
+    if value < 1:
+        return "(0,1)"
+    for upper in (10, 100, 1000):
+        if value < upper:
+            return f"[{upper // 10},{upper})"
+    return ">=1000"
 
 
 def split_words(name: str) -> str:
@@ -197,6 +266,28 @@ def describe_feature(feature: str) -> str:
         return f'the label {key}="{label_value}"'
     if kind == "a":
         return f'the annotation "{value}"'
+    return _describe_expression_feature(kind, value)
+
+
+def _describe_expression_feature(kind: str, value: str) -> str:
+    if kind == "em":
+        return f'the metric word "{value}"'
+    if kind == "emb":
+        return f'the metric words "{value.replace("_", " ")}"'
+    if kind == "ef" and value in AGGREGATIONS:
+        return f'the aggregation "{value}"'
+    if kind == "ef":
+        return f'the function "{value}"'
+    if kind == "ec":
+        return f'the comparison "{value}" in the expression'
+    if kind == "et":
+        operator, _, bounds = value.partition(":")
+        if bounds in ("0", "1"):
+            return f'the comparison "{operator} {bounds}"'
+        return f'a comparison "{operator} x" with x {_RANGE_TEXT.get(bounds, bounds)}'
+    if kind == "ev":
+        operator, _, threshold = value.partition(":")
+        return f'the comparison "{operator} {threshold}"'
     return "its set of label and annotation names"
 
 
@@ -245,10 +336,12 @@ class LinearModel:
         self,
         labels: Mapping[str, str],
         annotations: Mapping[str, str],
+        generator_url: str = "",
         explain: int = 3,
     ) -> Prediction:
         """Classify an alert and name up to `explain` features that decided it."""
-        vector = self.vectorize(extract_features(labels, annotations))
+        features = extract_features(labels, annotations, generator_url)
+        vector = self.vectorize(features)
         probabilities = self.probabilities(vector)
         best = max(range(len(CLASSES)), key=lambda index: probabilities[index])
         return Prediction(
@@ -294,8 +387,14 @@ class LinearModel:
             if push > 0:
                 pushes.append((push, feature))
         pushes.sort(key=lambda item: (-item[0], item[1]))
-        descriptions = _unique([describe_feature(feature) for _, feature in pushes])
-        return tuple(descriptions[:count])
+        descriptions: list[str] = []
+        for _, feature in pushes:
+            if len(descriptions) == count:
+                break
+            description = describe_feature(feature)
+            if description not in descriptions:
+                descriptions.append(description)
+        return tuple(descriptions)
 
 
 def softmax(scores: Sequence[float]) -> list[float]:

@@ -8,9 +8,10 @@
    `page`, `ticket` or `p2`;
 3. a `severity` annotation, for rule sets that put it there;
 4. the linear text model of `learned.py`, trained on public alerting rules,
-   which reads the alertname, the other labels and the annotations;
+   which reads the alertname, the other labels, the annotations and the
+   rule's expression in the generator URL;
 5. keyword patterns in the alertname and the summary (Down, CrashLoop, ...),
-   only when the model file cannot be read or no word or label of the alert
+   only when the model file cannot be read or no feature of the alert
    supports the model's guess;
 6. otherwise warning, with a low confidence.
 
@@ -21,8 +22,9 @@ model is a table, so extending the rules means adding a row.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 from services.classifier.learned import LinearModel, shipped_model, split_words
 from services.classifier.severity import Severity
@@ -51,7 +53,17 @@ class RuleVerdict:
     rule: str
 
 
-RulesFunction = Callable[[Mapping[str, str], Mapping[str, str]], RuleVerdict]
+class RulesFunction(Protocol):
+    """A function that classifies an alert without a model server."""
+
+    def __call__(
+        self,
+        labels: Mapping[str, str],
+        annotations: Mapping[str, str],
+        *,
+        generator_url: str = "",
+    ) -> RuleVerdict: ...
+
 
 # Values of a `severity` label or annotation, lowercased and stripped.
 # `none` is handled separately because its meaning depends on the alert.
@@ -180,12 +192,14 @@ def classify_by_rules(
     labels: Mapping[str, str],
     annotations: Mapping[str, str],
     *,
+    generator_url: str = "",
     model: LinearModel | None = None,
 ) -> RuleVerdict:
-    """Classify an alert from its labels and annotations alone.
+    """Classify an alert from its labels, annotations and generator URL.
 
-    `model` replaces the shipped model, for evaluating one trained on part
-    of a corpus.
+    The model reads the rule's expression from `generator_url` when it
+    carries one. `model` replaces the shipped model, for evaluating one
+    trained on part of a corpus.
     """
     declared = _declared_verdict(labels, annotations)
     if declared is not None:
@@ -193,7 +207,7 @@ def classify_by_rules(
 
     model = model or shipped_model()
     if model is not None:
-        verdict = _classify_by_model(labels, annotations, model)
+        verdict = _classify_by_model(labels, annotations, generator_url, model)
         if verdict is not None:
             return verdict
     return _classify_by_name(
@@ -275,9 +289,12 @@ def is_noise_alertname(alertname: str) -> bool:
 
 
 def _classify_by_model(
-    labels: Mapping[str, str], annotations: Mapping[str, str], model: LinearModel
+    labels: Mapping[str, str],
+    annotations: Mapping[str, str],
+    generator_url: str,
+    model: LinearModel,
 ) -> RuleVerdict | None:
-    prediction = model.predict(labels, annotations)
+    prediction = model.predict(labels, annotations, generator_url)
     if not prediction.top_features:
         return None
     return RuleVerdict(

@@ -55,7 +55,10 @@ def training_examples(
     before the model is asked.
     """
     return [
-        (extract_features(rule.labels, rule.annotations), CLASSES.index(rule.severity))
+        (
+            extract_features(rule.labels, rule.annotations, rule.generator_url),
+            CLASSES.index(rule.severity),
+        )
         for rule in rules
         if rule.severity in CLASSES
     ]

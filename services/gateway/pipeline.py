@@ -470,7 +470,7 @@ def local_rules_verdict(alert: alert_pb2.Alert) -> alert_pb2.Classification:
     published on time rather than held until the classifier is back.
     """
     labels, annotations = dict(alert.labels), dict(alert.annotations)
-    verdict = classify_by_rules(labels, annotations)
+    verdict = classify_by_rules(labels, annotations, generator_url=alert.generator_url)
     flags = (
         ["instruction_like_text"]
         if has_instruction_like_text(labels, annotations)

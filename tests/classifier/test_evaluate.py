@@ -76,6 +76,23 @@ def test_corpus_alert_has_no_severity() -> None:
     assert rule.labels == {"alertname": "KafkaOfflinePartitions", "team": "atlas"}
 
 
+def test_corpus_alert_generator_url() -> None:
+    rule = rule_from_row({**ROW, "expr": 'kafka_offline_partitions{job="kafka"} > 0'})
+
+    assert rule is not None
+    assert rule.generator_url == (
+        "http://prometheus:9090/graph?g0.expr=kafka_offline_partitions"
+        "%7Bjob%3D%22kafka%22%7D+%3E+0&g0.tab=1"
+    )
+
+
+def test_corpus_alert_without_expr() -> None:
+    rule = rule_from_row({**ROW, "expr": "  "})
+
+    assert rule is not None
+    assert rule.generator_url == ""
+
+
 def test_corpus_alert_annotations() -> None:
     rule = rule_from_row(ROW)
 
@@ -143,7 +160,7 @@ def test_evaluate_confusion_agreement() -> None:
 def test_evaluate_cross_validated_agreement() -> None:
     """The shipped classifier, label-blind, on alertnames it was not trained on.
 
-    Measured 74.7% with these folds and 75.1% pooled over seeds 1 to 5
+    Measured 75.7% with these folds and 75.6% pooled over seeds 1 to 5
     (docs/EVALUATION.md). The bounds guard against a change that makes the
     model clearly worse or slow.
     """
@@ -153,7 +170,7 @@ def test_evaluate_cross_validated_agreement() -> None:
     evaluation = evaluate(rules, folds=5, seed=1)
 
     elapsed = time.perf_counter() - started
-    assert evaluation.results["shipped"].agreement >= 0.74
+    assert evaluation.results["shipped"].agreement >= 0.75
     assert evaluation.results["shipped"].agreement > (
         evaluation.results["keywords"].agreement + 0.1
     )
