@@ -127,17 +127,19 @@ def _prepare(item: StoreItem, received_at: datetime) -> _Prepared:
     return _Prepared(item, alerts)
 
 
-# Marks a result that the shared transaction has yet to fill in.
-_PENDING = InvalidInputError("not stored")
+_StoreResult = history_pb2.StoreNotificationResponse | Exception
 
 
 def _fill(
-    results: list[history_pb2.StoreNotificationResponse | Exception],
-    responses: Sequence[history_pb2.StoreNotificationResponse | Exception],
-) -> list[history_pb2.StoreNotificationResponse | Exception]:
-    """Put `responses` in the places of `results` still pending, in order."""
+    results: list[_StoreResult | None], responses: Sequence[_StoreResult]
+) -> list[_StoreResult]:
+    """Put `responses`, in order, in the places of `results` that are None."""
+    if results.count(None) != len(responses):
+        raise RuntimeError(
+            f"{len(responses)} results for {results.count(None)} stored notifications"
+        )
     remaining = iter(responses)
-    return [next(remaining) if result is _PENDING else result for result in results]
+    return [next(remaining) if result is None else result for result in results]
 
 
 @dataclass(frozen=True)
@@ -205,7 +207,7 @@ class HistoryStore:
         stored again in its own transaction, so that one that cannot be
         stored fails alone.
         """
-        results: list[history_pb2.StoreNotificationResponse | Exception] = []
+        results: list[_StoreResult | None] = []
         received_at = self._clock()
         batch: list[_Prepared] = []
         for item in items:
@@ -214,7 +216,7 @@ class HistoryStore:
             except InvalidInputError as exc:
                 results.append(exc)
                 continue
-            results.append(_PENDING)
+            results.append(None)
         if len(batch) > 1:
             try:
                 together = await self._store_prepared(batch, received_at)
