@@ -62,6 +62,8 @@ ADMIN_URL = os.environ.get(
     "TEST_DATABASE_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+# Groups whose notifications the stream interleaves (see webhook_stream).
+WAVE_GROUPS = 512
 
 
 def load_rules() -> list[dict[str, Any]]:
@@ -113,23 +115,37 @@ def notification(alerts: list[dict[str, Any]], status: str) -> dict[str, Any]:
 def webhook_stream(
     rules: list[dict[str, Any]], group_size: int, repeats: int, run_id: str
 ) -> Iterator[tuple[dict[str, Any], bool]]:
-    """Yield (body, carries_new_state) in an order Alertmanager could send."""
+    """Yield (body, carries_new_state) in an order Alertmanager could send.
+
+    Groups go in waves of WAVE_GROUPS: every group of a wave fires, then
+    each is re-sent `repeats` times, then each resolves. Alertmanager sends
+    a group's notifications one group_interval apart, so two of them are
+    never in flight at once; the waves keep them that far apart in the
+    stream too.
+    """
     serial = 0
     shuffled = list(rules)
     random.Random(7).shuffle(shuffled)
     while True:
-        group = []
-        for _ in range(group_size):
-            rule = shuffled[serial % len(shuffled)]
-            group.append(alert_from_rule(rule, run_id, serial))
-            serial += 1
-        yield notification(group, "firing"), True
+        groups = []
+        for _ in range(WAVE_GROUPS):
+            group = []
+            for _ in range(group_size):
+                rule = shuffled[serial % len(shuffled)]
+                group.append(alert_from_rule(rule, run_id, serial))
+                serial += 1
+            groups.append(group)
+        for group in groups:
+            yield notification(group, "firing"), True
         for _ in range(repeats):
-            yield notification(group, "firing"), False
-        resolved = [
-            {**a, "status": "resolved", "endsAt": "2024-05-01T10:05:00Z"} for a in group
-        ]
-        yield notification(resolved, "resolved"), True
+            for group in groups:
+                yield notification(group, "firing"), False
+        for group in groups:
+            resolved = [
+                {**a, "status": "resolved", "endsAt": "2024-05-01T10:05:00Z"}
+                for a in group
+            ]
+            yield notification(resolved, "resolved"), True
 
 
 def burst_stream(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import json
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -97,6 +98,84 @@ def _notification_params(
         dict(notification.common_annotations),
         received_at,
     )
+
+
+_INSERT_OCCURRENCES = (
+    "INSERT INTO occurrences (fingerprint, alertname, namespace, severity,"
+    " status, labels, annotations, starts_at, ends_at, generator_url,"
+    " first_seen_at, last_seen_at, group_key, receiver, truncated_alerts,"
+    " external_url, deliveries)"
+)
+# PostgreSQL types of the columns above, in order. JSONB columns travel as
+# text and are cast back.
+_OCCURRENCE_TYPES = (
+    "text",
+    "text",
+    "text",
+    "text",
+    "text",
+    "jsonb",
+    "jsonb",
+    "timestamptz",
+    "timestamptz",
+    "text",
+    "timestamptz",
+    "timestamptz",
+    "text",
+    "text",
+    "bigint",
+    "text",
+    "bigint",
+)
+_STATE_CHANGE_TYPES = ("bigint", "bigint", "text", "timestamptz", "timestamptz")
+# PostgreSQL types of _NOTIFICATION_COLUMNS, in order.
+_NOTIFICATION_TYPES = (
+    "text",
+    "text",
+    "text",
+    "text",
+    "text",
+    "text",
+    "bigint",
+    "jsonb",
+    "jsonb",
+    "jsonb",
+    "timestamptz",
+)
+
+
+def _unnest_select(types: Sequence[str]) -> str:
+    """Return a SELECT of one row per array element, $1 to $n, in array order.
+
+    On PostgreSQL one array per column keeps the statement the same for any
+    number of rows, so it is parsed and planned as a short statement, where a
+    VALUES list has a parameter per value and a new text per row count.
+    """
+    arrays = ", ".join(
+        f"${index}::{'text' if kind == 'jsonb' else kind}[]"
+        for index, kind in enumerate(types, start=1)
+    )
+    columns = ", ".join(f"c{index}" for index in range(len(types)))
+    values = ", ".join(
+        f"c{index}::jsonb" if kind == "jsonb" else f"c{index}"
+        for index, kind in enumerate(types)
+    )
+    return (
+        f" SELECT {values} FROM unnest({arrays})"
+        f" WITH ORDINALITY AS v({columns}, position) ORDER BY position"
+    )
+
+
+def _arrays(params: Sequence[Any], types: Sequence[str]) -> list[list[Any]]:
+    """Turn row-major `params` into one list per column, JSONB as JSON text."""
+    width = len(types)
+    arrays: list[list[Any]] = []
+    for column, kind in enumerate(types):
+        values = list(params[column::width])
+        if kind == "jsonb":
+            values = [json.dumps(value) for value in values]
+        arrays.append(values)
+    return arrays
 
 
 @dataclass(frozen=True)
@@ -334,12 +413,16 @@ class HistoryStore:
                     1,
                 )
             )
+        if self.db.dialect == "postgresql":
+            return await conn.fetch(
+                _INSERT_OCCURRENCES
+                + _unnest_select(_OCCURRENCE_TYPES)
+                + " ON CONFLICT (fingerprint, starts_at) DO NOTHING"
+                " RETURNING id, fingerprint, starts_at",
+                *_arrays(params, _OCCURRENCE_TYPES),
+            )
         return await conn.fetch(
-            "INSERT INTO occurrences (fingerprint, alertname, namespace, severity,"
-            " status, labels, annotations, starts_at, ends_at, generator_url,"
-            " first_seen_at, last_seen_at, group_key, receiver, truncated_alerts,"
-            " external_url, deliveries)"
-            f" VALUES {_values_list(len(alerts), columns)}"
+            _INSERT_OCCURRENCES + f" VALUES {_values_list(len(alerts), columns)}"
             " ON CONFLICT (fingerprint, starts_at) DO NOTHING"
             " RETURNING id, fingerprint, starts_at",
             *params,
@@ -383,6 +466,7 @@ class HistoryStore:
                 _notification_params(prepared.item.notification, write.received_at)
                 for prepared in write.batch
             ],
+            _NOTIFICATION_TYPES,
         )
         await self._update_occurrences(conn, write)
         change_ids = await self._insert_state_changes(conn, write, notification_ids)
@@ -421,16 +505,27 @@ class HistoryStore:
         table: str,
         columns: str,
         rows: Sequence[tuple[Any, ...]],
+        types: Sequence[str] = (),
     ) -> list[int]:
         """Insert `rows` and return their new ids in the order of `rows`.
 
         Ids come from a sequence (an integer primary key on SQLite), which
         numbers the rows of one statement in the order they are inserted, so
         the sorted ids match the rows whatever order RETURNING lists them in.
+        With the columns' PostgreSQL `types`, rows go as one array per column.
         """
         ids: list[int] = []
         for chunk in _chunks(rows, _ROWS_PER_STATEMENT // 2):
             params = [value for row in chunk for value in row]
+            if types and self.db.dialect == "postgresql":
+                returned = await conn.fetch(
+                    f"INSERT INTO {table} ({columns})"
+                    + _unnest_select(types)
+                    + " RETURNING id",
+                    *_arrays(params, types),
+                )
+                ids.extend(sorted(int(row["id"]) for row in returned))
+                continue
             returned = await conn.fetch(
                 f"INSERT INTO {table} ({columns})"
                 f" VALUES {_values_list(len(chunk), len(chunk[0]))} RETURNING id",
@@ -441,6 +536,34 @@ class HistoryStore:
 
     async def _update_occurrences(self, conn: Connection, write: _Write) -> None:
         if not write.updates:
+            return
+        updates = sorted(write.updates, key=lambda update: update.id)
+        if self.db.dialect == "postgresql":
+            # One statement for every repeated alert of the batch rather than
+            # one per occurrence: each statement costs a round trip and a plan.
+            await conn.execute(
+                "UPDATE occurrences o SET status = v.status,"
+                " ends_at = COALESCE(v.ends_at, o.ends_at),"
+                " annotations = v.annotations::jsonb, last_seen_at = $10,"
+                " deliveries = o.deliveries + v.deliveries, group_key = v.group_key,"
+                " receiver = v.receiver, truncated_alerts = v.truncated_alerts,"
+                " external_url = v.external_url"
+                " FROM unnest($1::bigint[], $2::text[], $3::timestamptz[],"
+                " $4::text[], $5::bigint[], $6::text[], $7::text[], $8::bigint[],"
+                " $9::text[]) AS v(id, status, ends_at, annotations, deliveries,"
+                " group_key, receiver, truncated_alerts, external_url)"
+                " WHERE o.id = v.id",
+                [update.id for update in updates],
+                [update.status for update in updates],
+                [update.ends_at for update in updates],
+                [json.dumps(update.annotations) for update in updates],
+                [update.deliveries for update in updates],
+                [update.notification.group_key for update in updates],
+                [update.notification.receiver for update in updates],
+                [update.notification.truncated_alerts for update in updates],
+                [update.notification.external_url for update in updates],
+                write.received_at,
+            )
             return
         await conn.executemany(
             "UPDATE occurrences SET status = $2, ends_at = COALESCE($3, ends_at),"
@@ -461,7 +584,7 @@ class HistoryStore:
                     update.notification.truncated_alerts,
                     update.notification.external_url,
                 )
-                for update in sorted(write.updates, key=lambda update: update.id)
+                for update in updates
             ],
         )
 
@@ -482,13 +605,23 @@ class HistoryStore:
         ids: ChangeIds = {}
         for chunk in _chunks(rows):
             params = [value for row in chunk for value in row]
-            returned = await conn.fetch(
+            insert = (
                 "INSERT INTO state_changes"
                 " (occurrence_id, notification_id, status, changed_at, recorded_at)"
-                f" VALUES {_values_list(len(chunk), 5)}"
-                " RETURNING id, occurrence_id, status",
-                *params,
             )
+            if self.db.dialect == "postgresql":
+                returned = await conn.fetch(
+                    insert
+                    + _unnest_select(_STATE_CHANGE_TYPES)
+                    + " RETURNING id, occurrence_id, status",
+                    *_arrays(params, _STATE_CHANGE_TYPES),
+                )
+            else:
+                returned = await conn.fetch(
+                    insert + f" VALUES {_values_list(len(chunk), 5)}"
+                    " RETURNING id, occurrence_id, status",
+                    *params,
+                )
             for row in returned:
                 ids[(row["occurrence_id"], row["status"])] = row["id"]
         return ids
