@@ -128,6 +128,26 @@ _OCCURRENCE_TYPES = (
     "bigint",
 )
 _STATE_CHANGE_TYPES = ("bigint", "bigint", "text", "timestamptz", "timestamptz")
+# PostgreSQL types of the columns of classifications that
+# RecordClassifications writes, in order: state_change_id,
+# records.CLASSIFICATION_COLUMNS, recorded_at.
+_CLASSIFICATION_TYPES = (
+    "bigint",
+    "text",
+    "float8",
+    "text",
+    "jsonb",
+    "bigint",
+    "text",
+    "text",
+    "text",
+    "text",
+    "jsonb",
+    "text",
+    "timestamptz",
+    "timestamptz",
+)
+_WORK_ITEM_TYPES = ("bigint", "jsonb", "jsonb", "timestamptz", "bigint")
 # PostgreSQL types of _NOTIFICATION_COLUMNS, in order.
 _NOTIFICATION_TYPES = (
     "text",
@@ -493,6 +513,7 @@ class HistoryStore:
                 )
                 for index in queued
             ],
+            _WORK_ITEM_TYPES,
         )
         work_item_ids = [0] * len(write.batch)
         for index, work_id in zip(queued, work_ids, strict=True):
@@ -674,14 +695,25 @@ class HistoryStore:
         params: list[Any] = []
         for row in rows:
             params.extend((*row, recorded_at))
-        inserted = await conn.fetch(
+        insert = (
             "INSERT INTO classifications (state_change_id, "
             + ", ".join(records.CLASSIFICATION_COLUMNS)
-            + f", recorded_at) VALUES {_values_list(len(rows), columns)}"
-            " ON CONFLICT (state_change_id) DO NOTHING"
-            " RETURNING state_change_id, severity, confidence",
-            *params,
+            + ", recorded_at)"
         )
+        conflict = (
+            " ON CONFLICT (state_change_id) DO NOTHING"
+            " RETURNING state_change_id, severity, confidence"
+        )
+        if self.db.dialect == "postgresql":
+            inserted = await conn.fetch(
+                insert + _unnest_select(_CLASSIFICATION_TYPES) + conflict,
+                *_arrays(params, _CLASSIFICATION_TYPES),
+            )
+        else:
+            inserted = await conn.fetch(
+                insert + f" VALUES {_values_list(len(rows), columns)}" + conflict,
+                *params,
+            )
         await self._update_latest_classifications(conn, inserted)
         return len(inserted)
 
