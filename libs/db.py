@@ -12,6 +12,8 @@ DDL in migrations uses `{id}` for an auto-incrementing 64-bit primary key.
 from __future__ import annotations
 
 import asyncio
+import functools
+import itertools
 import json
 import re
 import sqlite3
@@ -247,6 +249,16 @@ async def _reset_postgres_connection(conn: asyncpg.Connection) -> None:
 async def _init_postgres_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec(
         "jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def values_list(rows: int, columns: int, first: int = 1) -> str:
+    """Return "($1, $2), ($3, $4)" for `rows` rows of `columns` parameters."""
+    numbers = itertools.count(first)
+    return ", ".join(
+        "(" + ", ".join(f"${next(numbers)}" for _ in range(columns)) + ")"
+        for _ in range(rows)
     )
 
 

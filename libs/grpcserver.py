@@ -87,11 +87,21 @@ def status_for(error: AlertHistoryError) -> grpc.StatusCode:
 
 async def abort_with(context: grpc.aio.ServicerContext, error: Exception) -> NoReturn:
     """End a call with the status code for `error`; unknown errors are INTERNAL."""
-    if isinstance(error, AlertHistoryError):
-        await context.abort(status_for(error), str(error))
-    logger.error("unexpected error in call", exc_info=error)
-    await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+    if not isinstance(error, AlertHistoryError):
+        logger.error("unexpected error in call", exc_info=error)
+    await context.abort(*error_status(error))
     raise AssertionError("context.abort returned")  # pragma: no cover
+
+
+def error_status(error: Exception) -> tuple[grpc.StatusCode, str]:
+    """Return the status code and message of a call that failed with `error`.
+
+    Unknown errors become INTERNAL with a fixed message, so that their text,
+    which may hold internal details, stays in the log.
+    """
+    if isinstance(error, AlertHistoryError):
+        return status_for(error), str(error)
+    return grpc.StatusCode.INTERNAL, "internal error"
 
 
 class ServerMetrics:

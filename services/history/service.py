@@ -21,7 +21,7 @@ from alerthistory.history.v1 import history_pb2, history_pb2_grpc
 from libs.config import Settings
 from libs.db import Database, database_url, migrate
 from libs.errors import AlertHistoryError, InvalidInputError, UnavailableError
-from libs.grpcserver import abort_with, status_for
+from libs.grpcserver import abort_with, error_status
 from services.history import audit, queries
 from services.history.migrations import COMPONENT, MIGRATIONS
 from services.history.retention import Retention, RetentionMetrics
@@ -163,18 +163,17 @@ class HistoryServicer(history_pb2_grpc.HistoryServiceServicer):
             if not isinstance(outcome, Exception):
                 result.response.CopyFrom(outcome)
                 self._observe(single, outcome)
-            elif isinstance(outcome, AlertHistoryError):
+                continue
+            if isinstance(outcome, AlertHistoryError):
                 log_failure("StoreNotifications", outcome)
-                result.code = status_for(outcome).value[0]
-                result.message = str(outcome)
             else:
                 logger.error(
                     "unexpected error storing a notification",
                     exc_info=outcome,
                     extra={"group_key": single.notification.group_key},
                 )
-                result.code = grpc.StatusCode.INTERNAL.value[0]
-                result.message = "internal error"
+            code, result.message = error_status(outcome)
+            result.code = code.value[0]
         return response
 
     def _observe(

@@ -11,7 +11,6 @@ serialises every writer already.
 
 from __future__ import annotations
 
-import functools
 import itertools
 import json
 import logging
@@ -23,7 +22,7 @@ from typing import Any, TypeVar
 from alerthistory.alert.v1 import alert_pb2
 from alerthistory.history.v1 import history_pb2
 from libs.alerts import STATUS_NAMES, datetime_to_timestamp
-from libs.db import Connection, Database, Row
+from libs.db import Connection, Database, Row, values_list
 from libs.errors import InvalidInputError, NotFoundError
 from services.history import queries, records
 from services.history.lifecycle import (
@@ -70,16 +69,6 @@ def _chunks(
 ) -> Iterator[Sequence[_T]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
-
-
-@functools.lru_cache(maxsize=256)
-def _values_list(rows: int, columns: int, first: int = 1) -> str:
-    """Return "($1, $2), ($3, $4)" for `rows` rows of `columns` parameters."""
-    numbers = itertools.count(first)
-    return ", ".join(
-        "(" + ", ".join(f"${next(numbers)}" for _ in range(columns)) + ")"
-        for _ in range(rows)
-    )
 
 
 def _notification_params(
@@ -168,8 +157,8 @@ def _unnest_select(types: Sequence[str]) -> str:
     """Return a SELECT of one row per array element, $1 to $n, in array order.
 
     On PostgreSQL one array per column keeps the statement the same for any
-    number of rows, so it is parsed and planned as a short statement, where a
-    VALUES list has a parameter per value and a new text per row count.
+    number of rows, so it is parsed and planned as a short statement. A VALUES
+    list has a parameter per value and a new text for each row count.
     """
     arrays = ", ".join(
         f"${index}::{'text' if kind == 'jsonb' else kind}[]"
@@ -442,7 +431,7 @@ class HistoryStore:
                 *_arrays(params, _OCCURRENCE_TYPES),
             )
         return await conn.fetch(
-            _INSERT_OCCURRENCES + f" VALUES {_values_list(len(alerts), columns)}"
+            _INSERT_OCCURRENCES + f" VALUES {values_list(len(alerts), columns)}"
             " ON CONFLICT (fingerprint, starts_at) DO NOTHING"
             " RETURNING id, fingerprint, starts_at",
             *params,
@@ -549,7 +538,7 @@ class HistoryStore:
                 continue
             returned = await conn.fetch(
                 f"INSERT INTO {table} ({columns})"
-                f" VALUES {_values_list(len(chunk), len(chunk[0]))} RETURNING id",
+                f" VALUES {values_list(len(chunk), len(chunk[0]))} RETURNING id",
                 *params,
             )
             ids.extend(sorted(int(row["id"]) for row in returned))
@@ -639,7 +628,7 @@ class HistoryStore:
                 )
             else:
                 returned = await conn.fetch(
-                    insert + f" VALUES {_values_list(len(chunk), 5)}"
+                    insert + f" VALUES {values_list(len(chunk), 5)}"
                     " RETURNING id, occurrence_id, status",
                     *params,
                 )
@@ -711,7 +700,7 @@ class HistoryStore:
             )
         else:
             inserted = await conn.fetch(
-                insert + f" VALUES {_values_list(len(rows), columns)}" + conflict,
+                insert + f" VALUES {values_list(len(rows), columns)}" + conflict,
                 *params,
             )
         await self._update_latest_classifications(conn, inserted)

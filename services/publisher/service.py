@@ -22,7 +22,7 @@ from libs import telemetry
 from libs.config import Settings
 from libs.db import Database, database_url, migrate
 from libs.errors import AlertHistoryError, InvalidInputError
-from libs.grpcserver import abort_with, status_for
+from libs.grpcserver import abort_with, error_status
 from services.publisher import operations
 from services.publisher.delivery import DeliveryWorker, idempotency_key
 from services.publisher.discovery import (
@@ -73,17 +73,14 @@ def _set_error(
     result: publisher_pb2.PublishResult, error: Exception, batch_id: str
 ) -> None:
     """Report in `result` the status Publish would have returned for `error`."""
-    if isinstance(error, AlertHistoryError):
-        result.code = status_for(error).value[0]
-        result.message = str(error)
-        return
-    logger.error(
-        "unexpected error publishing a batch",
-        exc_info=error,
-        extra={"batch_id": batch_id},
-    )
-    result.code = grpc.StatusCode.INTERNAL.value[0]
-    result.message = "internal error"
+    if not isinstance(error, AlertHistoryError):
+        logger.error(
+            "unexpected error publishing a batch",
+            exc_info=error,
+            extra={"batch_id": batch_id},
+        )
+    code, result.message = error_status(error)
+    result.code = code.value[0]
 
 
 class PublisherService:
@@ -268,7 +265,7 @@ class PublisherService:
     async def _published(
         self, publication: _Publication, created: bool
     ) -> publisher_pb2.PublishResponse:
-        """Answer a recorded publication and wake the worker for its deliveries."""
+        """Return the response for a recorded publication and wake the worker."""
         if not created:
             return await self._recorded_before(publication.batch.batch_id)
 

@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import asyncpg
 
-from libs.db import Connection, Database, Row
+from libs.db import Connection, Database, Row, values_list
 from libs.errors import UnavailableError
 
 DeliveryState = Literal["pending", "succeeded", "dead"]
@@ -243,8 +243,8 @@ class DeliveryStore:
         """Record several batches in order, in one transaction when they can.
 
         Returns, per batch, what record_planned_batch would return or the
-        exception it would raise. A later batch's plan sees the deliveries
-        of the earlier ones. When the shared transaction fails, each batch
+        exception it would raise. A later batch's plan receives the
+        deliveries of the earlier ones. When the shared transaction fails, each batch
         is recorded in its own, so that one failure stays with its batch.
         """
         if len(batches) > 1:
@@ -582,7 +582,7 @@ async def _insert_batches(
         chunk = batches[start : start + _BATCH_ROWS_PER_STATEMENT]
         rows = await conn.fetch(
             "INSERT INTO publisher_batches (batch_id, alert_count, received_at)"
-            f" VALUES {_values(len(chunk), 3)}"
+            f" VALUES {values_list(len(chunk), 3)}"
             " ON CONFLICT (batch_id) DO NOTHING RETURNING batch_id",
             *(
                 value
@@ -626,7 +626,7 @@ async def _insert_deliveries(
             " (batch_id, target, part, format, group_key, idempotency_key, body,"
             " alert_count, state, attempts, next_attempt_at, created_at,"
             " updated_at, trace_context)"
-            f" VALUES {_values(len(chunk), 14)} RETURNING id",
+            f" VALUES {values_list(len(chunk), 14)} RETURNING id",
             *params,
         )
         # A sequence numbers the rows of one statement in insertion order, so
@@ -650,20 +650,10 @@ async def _insert_deliveries(
             "INSERT INTO publisher_delivery_alerts"
             " (delivery_id, fingerprint, status, state_change_id, target,"
             " occurrence_key)"
-            f" VALUES {_values(len(chunk_rows), 6)}"
+            f" VALUES {values_list(len(chunk_rows), 6)}"
             " ON CONFLICT (delivery_id, fingerprint) DO NOTHING",
             *(value for row in chunk_rows for value in row),
         )
-
-
-def _values(rows: int, columns: int) -> str:
-    """Return "($1, $2), ($3, $4)" for `rows` rows of `columns` parameters."""
-    return ", ".join(
-        "("
-        + ", ".join(f"${row * columns + column + 1}" for column in range(columns))
-        + ")"
-        for row in range(rows)
-    )
 
 
 async def _delivered_targets(
