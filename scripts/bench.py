@@ -120,7 +120,7 @@ def webhook_stream(
     Groups go in waves of WAVE_GROUPS: every group of a wave fires, then
     each is re-sent `repeats` times, then each resolves. Alertmanager sends
     a group's notifications one group_interval apart, so two of them are
-    never in flight at once; the waves keep them that far apart in the
+    never in flight at once. The waves keep them that far apart in the
     stream too.
     """
     serial = 0

@@ -5,11 +5,11 @@ fewer than `STORE_CONCURRENCY` calls are in flight, a webhook's request goes
 out at once, alone, as a StoreNotification call. When that many calls are in
 flight, the requests that arrive meanwhile wait and leave together in the next
 StoreNotifications call, which history stores in one transaction. An idle
-gateway adds no delay; a busy one makes fewer calls and commits, because each
-call and each commit costs CPU whatever its size.
+gateway adds no delay, and a busy one makes fewer calls and commits, because
+each call and each commit costs CPU whatever its size.
 
 A history service without StoreNotifications (an older version during a
-rolling upgrade) answers UNIMPLEMENTED; the gateway then sends each request
+rolling upgrade) returns UNIMPLEMENTED. The gateway then sends each request
 alone from then on.
 """
 

@@ -23,7 +23,7 @@ def request(group: str, size: int = 0) -> history_pb2.StoreNotificationRequest:
 def answer(
     single: history_pb2.StoreNotificationRequest,
 ) -> history_pb2.StoreNotificationResponse:
-    """A response that names the request it answers."""
+    """A response whose notification_id is the request's group key."""
     return history_pb2.StoreNotificationResponse(
         notification_id=int(single.notification.group_key)
     )
@@ -34,7 +34,7 @@ def rpc_error(code: grpc.StatusCode) -> grpc.aio.AioRpcError:
 
 
 class FakeHistory:
-    """Answers store calls after `release` is set, recording each call."""
+    """Return store responses once `release` is set, recording each call."""
 
     def __init__(self) -> None:
         self.release = asyncio.Event()

@@ -414,7 +414,8 @@ async def test_store_batch_applies_notifications_in_order(
         [NEW],
     ]
     ids = [r.notification_id for r in responses]
-    assert ids == sorted(ids) and len(set(ids)) == 3
+    assert ids == sorted(ids)
+    assert len(set(ids)) == 3
     items = await store.lease_work("test", 10, 30)
     assert [[a.state_change_id for a in item.alerts] for item in items] == [
         [responses[0].alerts[0].state_change_id],
