@@ -387,7 +387,11 @@ class Settings(BaseSettings):
         10.0, gt=0, description="Seconds one delivery request may take."
     )
     delivery_concurrency_per_target: int = Field(
-        4, ge=1, le=64, description="Requests in flight per target."
+        16,
+        ge=1,
+        le=64,
+        description="Requests in flight per target; deliveries of one group "
+        "still go one at a time, in order.",
     )
     target_discovery_namespaces: str | None = Field(
         None,

@@ -20,7 +20,7 @@ import random
 import socket
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -33,6 +33,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from libs import telemetry
+from libs.coalesce import Coalescer
 from libs.config import Settings
 from services.publisher.metrics import PublisherMetrics
 from services.publisher.ratelimit import TokenBucket
@@ -40,6 +41,7 @@ from services.publisher.store import (
     AttemptResult,
     ClaimedDelivery,
     DeliveryStore,
+    FinishedAttempt,
     Outcome,
 )
 from services.publisher.targets import Target, TargetSet
@@ -55,6 +57,8 @@ POLL_SECONDS = 1.0
 # Seconds a lease outlives the request timeout, to cover storing the outcome.
 LEASE_MARGIN_SECONDS = 30.0
 USER_AGENT = "alert-history-publisher"
+# Maximum attempt outcomes stored in one statement.
+OUTCOMES_PER_WRITE = 256
 # Shorter credential values are not searched for in response bodies: a value
 # such as "1" would blank out unrelated text.
 MIN_REDACTED_LENGTH = 4
@@ -222,6 +226,11 @@ class DeliveryWorker:
         # time.monotonic() until which a target that returned 429 with
         # Retry-After gets no request.
         self._paused_until: dict[str, float] = {}
+        # Outcomes of attempts that finish while one is being stored are
+        # stored together, in one statement.
+        self._outcomes: Coalescer[FinishedAttempt, bool] = Coalescer(
+            self._write_outcomes, max_batch=OUTCOMES_PER_WRITE
+        )
 
     async def start(self) -> None:
         """Start the dispatch loop."""
@@ -253,6 +262,7 @@ class DeliveryWorker:
             for task in unfinished:
                 task.cancel()
             await asyncio.gather(*unfinished, return_exceptions=True)
+            await self._outcomes.close()
             if unfinished:
                 await self._release([in_flight[task].id for task in unfinished])
 
@@ -503,7 +513,7 @@ class DeliveryWorker:
             return Response(
                 status_code=resp.status,
                 retry_after=resp.headers.get("Retry-After"),
-                body=body.decode("utf-8", errors="replace"),
+                body=storable(body.decode("utf-8", errors="replace")),
             )
 
     def _count(
@@ -564,8 +574,8 @@ class DeliveryWorker:
         )
         while True:
             try:
-                stored = await self.store.finish_attempt(
-                    delivery, self.owner, result, outcome, datetime.now(UTC)
+                stored = await self._outcomes.submit(
+                    FinishedAttempt(delivery, result, outcome)
                 )
             except Exception as exc:
                 if time.monotonic() >= deadline or self._stopping:
@@ -586,6 +596,9 @@ class DeliveryWorker:
                     extra={"target": delivery.target, "delivery_id": delivery.id},
                 )
             return
+
+    async def _write_outcomes(self, finished: Sequence[FinishedAttempt]) -> list[bool]:
+        return await self.store.finish_attempts(finished, self.owner, datetime.now(UTC))
 
 
 def _annotate_span(status_code: int | None, outcome: Outcome) -> None:
@@ -638,4 +651,13 @@ def describe_error(exc: BaseException, url: str) -> str:
         secrets.append(parts.netloc)
     for secret in sorted(filter(None, secrets), key=len, reverse=True):
         text = text.replace(secret, "[redacted]")
-    return text[:MAX_ERROR_LENGTH]
+    return storable(text[:MAX_ERROR_LENGTH])
+
+
+def storable(text: str) -> str:
+    """Replace NUL characters, which PostgreSQL text cannot hold.
+
+    A response body with one would otherwise make its attempt unstorable, and
+    the delivery would be sent again and again.
+    """
+    return text.replace("\x00", "\ufffd")

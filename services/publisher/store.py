@@ -396,64 +396,63 @@ class DeliveryStore:
         Returns False, storing nothing, when `owner` no longer holds the
         lease, because the lease expired and another worker took it over.
         """
-        attempt = delivery.attempts + 1
-        completed_at = now if outcome.state != "pending" else None
-        update = (
-            "UPDATE publisher_deliveries SET attempts = $1, state = $2,"
-            " next_attempt_at = $3, lease_owner = NULL,"
-            " lease_expires_at = NULL, last_status_code = $4,"
-            " last_error = $5, last_response_body = $6, updated_at = $7,"
-            " completed_at = $8"
-            " WHERE id = $9 AND lease_owner = $10 AND attempts = $11"
-            " AND state = 'pending'"
+        stored = await self.finish_attempts(
+            [FinishedAttempt(delivery, result, outcome)], owner, now
         )
-        update_params = (
-            attempt,
-            outcome.state,
-            outcome.next_attempt_at,
-            result.status_code,
-            outcome.error,
-            result.response_body,
-            now,
-            completed_at,
-            delivery.id,
-            owner,
-            delivery.attempts,
-        )
+        return stored[0]
+
+    async def finish_attempts(
+        self, finished: Sequence[FinishedAttempt], owner: str, now: datetime
+    ) -> list[bool]:
+        """Store several attempts and their deliveries' new states together.
+
+        Returns, for each attempt, whether it was stored: False for a delivery
+        whose lease `owner` no longer holds. The deliveries must be distinct.
+        """
+        if not finished:
+            return []
+        if len({item.delivery.id for item in finished}) != len(finished):
+            raise ValueError(
+                "finish_attempts got one delivery twice; store each attempt once"
+            )
         if self.db.dialect == "postgresql":
-            # One statement is one transaction: the attempt row is written
-            # only when the update found the lease still held.
-            stored = await self.db.fetch(
-                f"WITH updated AS ({update} RETURNING id)"
+            # One statement is one transaction: an attempt row is written
+            # only for a delivery whose update found the lease still held.
+            rows = await self.db.fetch(
+                "WITH finished AS (SELECT * FROM unnest($1::bigint[],"
+                " $2::int[], $3::int[], $4::text[], $5::timestamptz[],"
+                " $6::int[], $7::text[], $8::text[], $9::timestamptz[],"
+                " $10::timestamptz[], $11::text[], $12::float8[])"
+                " AS f(id, previous, attempt, state, next_attempt_at,"
+                " status_code, last_error, response_body, completed_at,"
+                " attempted_at, error, duration_seconds)),"
+                " updated AS (UPDATE publisher_deliveries d"
+                " SET attempts = f.attempt, state = f.state,"
+                " next_attempt_at = f.next_attempt_at, lease_owner = NULL,"
+                " lease_expires_at = NULL, last_status_code = f.status_code,"
+                " last_error = f.last_error, last_response_body = f.response_body,"
+                " updated_at = $13, completed_at = f.completed_at"
+                " FROM finished f WHERE d.id = f.id AND d.lease_owner = $14"
+                " AND d.attempts = f.previous AND d.state = 'pending'"
+                " RETURNING d.id)"
                 " INSERT INTO publisher_delivery_attempts"
                 " (delivery_id, attempt, attempted_at, status_code, error,"
                 " response_body, duration_seconds)"
-                " SELECT id, $1, $12::timestamptz, $4, $13::text, $6, $14::float8"
-                " FROM updated RETURNING delivery_id",
-                *update_params,
-                result.attempted_at,
-                result.error,
-                result.duration_seconds,
+                " SELECT f.id, f.attempt, f.attempted_at, f.status_code, f.error,"
+                " f.response_body, f.duration_seconds"
+                " FROM finished f JOIN updated u ON u.id = f.id"
+                " RETURNING delivery_id",
+                *_finished_arrays(finished, now),
+                now,
+                owner,
             )
-            return bool(stored)
+            stored = {int(row["delivery_id"]) for row in rows}
+            return [item.delivery.id in stored for item in finished]
         async with self.db.transaction() as conn:
-            changed = await conn.execute(update, *update_params)
-            if changed != 1:
-                return False
-            await conn.execute(
-                "INSERT INTO publisher_delivery_attempts"
-                " (delivery_id, attempt, attempted_at, status_code, error,"
-                " response_body, duration_seconds)"
-                " VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                delivery.id,
-                attempt,
-                result.attempted_at,
-                result.status_code,
-                result.error,
-                result.response_body,
-                result.duration_seconds,
-            )
-            return True
+            return [
+                await _finish_in_transaction(conn, item, owner, now)
+                for item in finished
+            ]
 
     async def release(self, delivery_ids: Sequence[int], owner: str) -> None:
         """Give up `owner`'s leases so any worker may take the deliveries now."""
@@ -711,3 +710,84 @@ def as_datetime(value: Any) -> datetime:
     if isinstance(value, datetime):
         return value
     return datetime.fromisoformat(str(value))
+
+
+@dataclass(frozen=True)
+class FinishedAttempt:
+    """An attempt to store with the state its delivery moves to."""
+
+    delivery: ClaimedDelivery
+    result: AttemptResult
+    outcome: Outcome
+
+
+def _finished_arrays(
+    finished: Sequence[FinishedAttempt], now: datetime
+) -> tuple[list[Any], ...]:
+    """Return the columns of `finished` as the arrays finish_attempts unnests."""
+    return tuple(
+        list(column)
+        for column in zip(
+            *(
+                (
+                    item.delivery.id,
+                    item.delivery.attempts,
+                    item.delivery.attempts + 1,
+                    item.outcome.state,
+                    item.outcome.next_attempt_at,
+                    item.result.status_code,
+                    item.outcome.error,
+                    item.result.response_body,
+                    now if item.outcome.state != "pending" else None,
+                    item.result.attempted_at,
+                    item.result.error,
+                    item.result.duration_seconds,
+                )
+                for item in finished
+            ),
+            strict=True,
+        )
+    )
+
+
+async def _finish_in_transaction(
+    conn: Connection, item: FinishedAttempt, owner: str, now: datetime
+) -> bool:
+    """Store one attempt, inside the caller's transaction (SQLite)."""
+    delivery, result, outcome = item.delivery, item.result, item.outcome
+    changed = await conn.execute(
+        "UPDATE publisher_deliveries SET attempts = $1, state = $2,"
+        " next_attempt_at = $3, lease_owner = NULL,"
+        " lease_expires_at = NULL, last_status_code = $4,"
+        " last_error = $5, last_response_body = $6, updated_at = $7,"
+        " completed_at = $8"
+        " WHERE id = $9 AND lease_owner = $10 AND attempts = $11"
+        " AND state = 'pending'",
+        delivery.attempts + 1,
+        outcome.state,
+        outcome.next_attempt_at,
+        result.status_code,
+        outcome.error,
+        result.response_body,
+        now,
+        now if outcome.state != "pending" else None,
+        delivery.id,
+        owner,
+        delivery.attempts,
+    )
+    if changed != 1:
+        return False
+    await conn.execute(
+        "INSERT INTO publisher_delivery_attempts"
+        " (delivery_id, attempt, attempted_at, status_code, error,"
+        " response_body, duration_seconds)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        delivery.id,
+        delivery.attempts + 1,
+        result.attempted_at,
+        result.status_code,
+        result.error,
+        result.response_body,
+        result.duration_seconds,
+    )
+    return True

@@ -105,6 +105,52 @@ async def test_delivery_retries_server_error(
     )
 
 
+async def test_nul_response_body_stored(
+    any_database_url: str, tmp_path: Path, receiver: Receiver
+) -> None:
+    receiver.script("/hook", [Reply(500, "bad\x00body"), Reply(200)])
+    settings = make_settings(
+        any_database_url, write_targets(tmp_path, [target(receiver)])
+    )
+
+    async with running_publisher(settings) as service:
+        await service.publish(publish_request("b-nul"))
+        record = await wait_for_delivery(
+            service, "b-nul", lambda d: d.state == "succeeded"
+        )
+        attempts = await service.store.attempts(record.id)
+
+    assert len(receiver.requests) == 2
+    assert [a.status_code for a in attempts] == [500, 200]
+    assert attempts[0].response_body == "bad\ufffdbody"
+
+
+async def test_simultaneous_outcomes_all_stored(
+    any_database_url: str, tmp_path: Path, receiver: Receiver
+) -> None:
+    receiver.script("/hook", [Reply(200, delay=0.2)], repeat_last=True)
+    settings = make_settings(
+        any_database_url, write_targets(tmp_path, [target(receiver)])
+    )
+
+    async with running_publisher(settings) as service:
+        for index in range(12):
+            await service.publish(
+                publish_request(
+                    f"b-many-{index}", [numbered_alert(index)], group_key=f"g{index}"
+                )
+            )
+        records = [
+            await wait_for_delivery(
+                service, f"b-many-{index}", lambda d: d.state == "succeeded"
+            )
+            for index in range(12)
+        ]
+
+    assert len(receiver.requests) == 12
+    assert {record.attempts for record in records} == {1}
+
+
 async def test_delivery_client_error_dead(
     any_database_url: str, tmp_path: Path, receiver: Receiver
 ) -> None:

@@ -16,6 +16,7 @@ from services.publisher.store import (
     DeliveredAlert,
     DeliveredStates,
     DeliveryStore,
+    FinishedAttempt,
     NewDelivery,
     Outcome,
     PlannedBatch,
@@ -221,4 +222,70 @@ async def test_finish_attempt_lost_lease_stores_nothing(store: DeliveryStore) ->
 
     assert taken_over.id == claimed.id
     assert stored is False
+    assert await store.attempts(claimed.id) == []
+
+
+async def test_finish_attempts_stores_each_held_lease(store: DeliveryStore) -> None:
+    await record(store, "b1", *(delivery(f"g{index}", index) for index in range(3)))
+    first, second, third = await store.claim("hook", 3, "worker-a", NOW, LEASE_UNTIL)
+    later = LEASE_UNTIL + timedelta(seconds=1)
+    # worker-a gives up the first and third leases, and worker-b takes the
+    # first over.
+    await store.release([first.id, third.id], "worker-a")
+    [taken_over] = await store.claim("hook", 1, "worker-b", later, later + LEASE)
+    assert taken_over.id == first.id
+    retry_at = later + timedelta(seconds=5)
+
+    stored = await store.finish_attempts(
+        [
+            FinishedAttempt(first, RESULT, Outcome("succeeded", later)),
+            FinishedAttempt(second, RESULT, Outcome("pending", retry_at, "retry")),
+            FinishedAttempt(third, RESULT, Outcome("dead", later, "gave up")),
+        ],
+        "worker-a",
+        later,
+    )
+
+    assert stored == [False, True, False]
+    after = await store.get(second.id)
+    assert after is not None
+    assert (after.state, after.attempts, after.last_error) == ("pending", 1, "retry")
+    assert [a.attempt for a in await store.attempts(second.id)] == [1]
+    assert await store.attempts(first.id) == []
+    assert await store.attempts(third.id) == []
+
+
+async def test_finish_attempts_completes_final_states(
+    store: DeliveryStore,
+) -> None:
+    await record(store, "b1", delivery("g1", 0), delivery("g2", 1))
+    done, failed = await store.claim("hook", 2, "worker", NOW, LEASE_UNTIL)
+
+    stored = await store.finish_attempts(
+        [
+            FinishedAttempt(done, RESULT, Outcome("succeeded", NOW)),
+            FinishedAttempt(failed, RESULT, Outcome("dead", NOW, "gave up")),
+        ],
+        "worker",
+        NOW,
+    )
+
+    assert stored == [True, True]
+    records = [await store.get(done.id), await store.get(failed.id)]
+    assert [(r.state, r.completed_at) for r in records if r is not None] == [
+        ("succeeded", NOW),
+        ("dead", NOW),
+    ]
+
+
+async def test_finish_attempts_rejects_duplicates(
+    store: DeliveryStore,
+) -> None:
+    await record(store, "b1", delivery("g1", 0))
+    [claimed] = await store.claim("hook", 1, "worker", NOW, LEASE_UNTIL)
+    item = FinishedAttempt(claimed, RESULT, Outcome("succeeded", NOW))
+
+    with pytest.raises(ValueError, match="one delivery twice"):
+        await store.finish_attempts([item, item], "worker", NOW)
+
     assert await store.attempts(claimed.id) == []
