@@ -14,17 +14,22 @@ import logging
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
 import redis.asyncio as redis
 
+from libs.coalesce import Coalescer
 from services.classifier.reply import ModelVerdict
 
 logger = logging.getLogger(__name__)
 
 KEY_VERSION = "v1"
 LOG_INTERVAL_SECONDS = 60.0
+# Lookups that arrive while others are in flight are read with one MGET of
+# at most this many keys, with at most LOOKUP_CONCURRENCY MGETs at once.
+KEYS_PER_MGET = 256
+LOOKUP_CONCURRENCY = 2
 
 # Labels that differ between replicas or restarts of the same alert without
 # changing what it means: Prometheus HA replica labels and per-process ids.
@@ -147,13 +152,23 @@ class RedisVerdictCache:
         self.client = client
         self.prefix = prefix
         self._last_log = 0.0
+        # A batch of alerts looks up all its keys at once, so one round trip
+        # serves them instead of one each. A failed MGET fails every lookup in
+        # it, because trying each key alone against a failing Redis only
+        # multiplies the timeouts.
+        self._lookups: Coalescer[str, bytes | str | None] = Coalescer(
+            self._read,
+            max_batch=KEYS_PER_MGET,
+            concurrency=LOOKUP_CONCURRENCY,
+            retry_alone=False,
+        )
 
     def redis_key(self, key: str) -> str:
         return f"{self.prefix}verdict:{key}"
 
     async def get(self, key: str) -> ModelVerdict | None:
         try:
-            raw = await self.client.get(self.redis_key(key))
+            raw = await self._lookups.submit(key)
         except redis.RedisError as exc:
             self._log_error(exc)
             return None
@@ -173,7 +188,12 @@ class RedisVerdictCache:
             self._log_error(exc)
 
     async def close(self) -> None:
-        """Leave the client open: its owner closes it."""
+        """Wait for lookups in flight, and leave the client open for its owner."""
+        await self._lookups.close()
+
+    async def _read(self, keys: Sequence[str]) -> list[bytes | str | None]:
+        values = await self.client.mget([self.redis_key(key) for key in keys])
+        return list(values)
 
     def _log_error(self, exc: Exception) -> None:
         now = time.monotonic()

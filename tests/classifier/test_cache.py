@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 
 import redis.asyncio as redis
@@ -181,3 +182,26 @@ async def test_redis_cache_down_misses() -> None:
         await client.aclose()
 
     assert found is None
+
+
+async def test_redis_cache_batches_concurrent_lookups(
+    redis_client: redis.Redis, redis_prefix: str
+) -> None:
+    cache = RedisVerdictCache(redis_client, redis_prefix)
+    await cache.set("k3", VERDICT, 60)
+    sizes: list[int] = []
+    mget = redis_client.mget
+
+    async def counted_mget(keys: list[str]) -> list[bytes | str | None]:
+        sizes.append(len(keys))
+        return await mget(keys)
+
+    redis_client.mget = counted_mget  # type: ignore[method-assign,assignment]
+    try:
+        found = await asyncio.gather(*(cache.get(f"k{index}") for index in range(10)))
+    finally:
+        redis_client.mget = mget  # type: ignore[method-assign]
+
+    assert found == [None] * 3 + [VERDICT] + [None] * 6
+    # Two lookups go out at once, alone, and the other eight share one MGET.
+    assert sizes == [1, 1, 8]
