@@ -9,7 +9,9 @@ because each costs CPU whatever its size.
 
 With `retry_alone`, when a write of several items raises, each of them is
 written again alone, so one item the store rejects fails only its own caller.
-Otherwise every caller of the write gets its error.
+Otherwise every caller of the write gets its error. `retry_alone` may also be
+a function of the error, so that an outage, which every item would meet
+again, is not tried once per item.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ class Coalescer(Generic[T, R]):
         concurrency: int = 1,
         size: Callable[[T], int] | None = None,
         max_size: int | None = None,
-        retry_alone: bool = True,
+        retry_alone: bool | Callable[[Exception], bool] = True,
     ) -> None:
         if max_batch < 1 or concurrency < 1:
             raise ValueError(
@@ -111,6 +113,11 @@ class Coalescer(Generic[T, R]):
         del self._waiting[:count]
         return batch
 
+    def _retries_alone(self, exc: Exception) -> bool:
+        if callable(self._retry_alone):
+            return self._retry_alone(exc)
+        return self._retry_alone
+
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
         self._start_writes()
@@ -123,7 +130,7 @@ class Coalescer(Generic[T, R]):
                 waiting.future.cancel()
             raise
         except Exception as exc:
-            if len(batch) == 1 or not self._retry_alone:
+            if len(batch) == 1 or not self._retries_alone(exc):
                 for waiting in batch:
                     _settle(waiting.future, exc)
                 return

@@ -192,3 +192,43 @@ async def test_write_runs_in_first_context() -> None:
     await asyncio.gather(submit_as("first", 1), submit_as("second", 2))
 
     assert seen == ["first", "second"]
+
+
+async def test_retry_alone_predicate_decides() -> None:
+    recorder = Recorder()
+    recorder.rejected = {3}
+    coalescer = Coalescer(
+        recorder.write,
+        max_batch=10,
+        retry_alone=lambda exc: "outage" not in str(exc),
+    )
+    first, waiting = await submit_while_busy(coalescer, recorder, (2, 3))
+
+    recorder.gate.set()
+    results = await asyncio.gather(*waiting, return_exceptions=True)
+
+    assert await first == "stored 1"
+    assert results[0] == "stored 2"
+    assert isinstance(results[1], ValueError)
+    assert recorder.calls == [[1], [2, 3], [2], [3]]
+
+
+async def test_retry_alone_predicate_skips_outages() -> None:
+    async def write(items: Sequence[int]) -> list[int]:
+        calls.append(list(items))
+        await gate.wait()
+        raise ConnectionError("outage")
+
+    calls: list[list[int]] = []
+    gate = asyncio.Event()
+    coalescer = Coalescer(
+        write, max_batch=10, retry_alone=lambda exc: "outage" not in str(exc)
+    )
+    tasks = [asyncio.create_task(coalescer.submit(item)) for item in (1, 2, 3)]
+    await asyncio.sleep(0)
+
+    gate.set()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+
+    assert all(isinstance(result, ConnectionError) for result in results)
+    assert calls == [[1], [2, 3]]

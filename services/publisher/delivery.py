@@ -35,6 +35,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from libs import telemetry
 from libs.coalesce import Coalescer
 from libs.config import Settings
+from libs.errors import UnavailableError
 from services.publisher.metrics import PublisherMetrics
 from services.publisher.ratelimit import TokenBucket
 from services.publisher.store import (
@@ -229,7 +230,9 @@ class DeliveryWorker:
         # Outcomes of attempts that finish while one is being stored are
         # stored together, in one statement.
         self._outcomes: Coalescer[FinishedAttempt, bool] = Coalescer(
-            self._write_outcomes, max_batch=OUTCOMES_PER_WRITE
+            self._write_outcomes,
+            max_batch=OUTCOMES_PER_WRITE,
+            retry_alone=_may_be_one_row,
         )
 
     async def start(self) -> None:
@@ -599,6 +602,15 @@ class DeliveryWorker:
 
     async def _write_outcomes(self, finished: Sequence[FinishedAttempt]) -> list[bool]:
         return await self.store.finish_attempts(finished, self.owner, datetime.now(UTC))
+
+
+def _may_be_one_row(exc: Exception) -> bool:
+    """Return whether a failed write of several outcomes may be one row's fault.
+
+    An unreachable or timed-out database fails every row alike, so writing
+    each outcome alone would only repeat the wait once per outcome.
+    """
+    return not isinstance(exc, UnavailableError | TimeoutError | OSError)
 
 
 def _annotate_span(status_code: int | None, outcome: Outcome) -> None:
