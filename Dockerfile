@@ -15,7 +15,7 @@ RUN apt-get update \
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1
 WORKDIR /src
-COPY pyproject.toml setup.py README.md ./
+COPY pyproject.toml setup.py README.md LICENSE ./
 COPY scripts/install.sh ./scripts/install.sh
 COPY protos ./protos
 COPY libs ./libs

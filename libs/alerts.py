@@ -112,10 +112,15 @@ def parse_notification(body: Any) -> alert_pb2.Notification:
     if not isinstance(body, dict):
         raise InvalidInputError("body must be a JSON object")
     version = body.get("version")
-    if version != "4":
+    if version is None:
         raise InvalidInputError(
-            f'unsupported webhook version {version!r}: expected "4", the '
-            "Alertmanager webhook format"
+            'version is missing: expected "4", the Alertmanager webhook format'
+        )
+    if version != "4":
+        described = version if isinstance(version, str) else f"{version} (not a string)"
+        raise InvalidInputError(
+            f'unsupported webhook version {described}: expected the string "4", '
+            "the Alertmanager webhook format"
         )
     alerts = body.get("alerts")
     if not isinstance(alerts, list):

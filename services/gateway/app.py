@@ -55,7 +55,7 @@ from services.gateway.keys import (
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.mode import ModeStore
 from services.gateway.pipeline import Pipeline
-from services.gateway.responses import json_error
+from services.gateway.responses import json_error, not_json_message
 from services.gateway.storing import NotificationStore
 
 logger = logging.getLogger(__name__)
@@ -158,7 +158,9 @@ async def _webhook_response(
     try:
         notification = parse_notification(json.loads(raw))
     except (ValueError, InvalidInputError) as exc:
-        reason = str(exc) if isinstance(exc, InvalidInputError) else "body is not JSON"
+        reason = (
+            str(exc) if isinstance(exc, InvalidInputError) else not_json_message(exc)
+        )
         metrics.rejected.labels("invalid").inc()
         logger.info("webhook rejected", extra={"error": reason})
         return json_error(400, reason)
@@ -303,8 +305,22 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
     try:
         response: web.StreamResponse = await handler(request)
         return response
-    except web.HTTPException:
-        raise
+    except web.HTTPException as exc:
+        if exc.status < 400 or exc.content_type == "application/json":
+            raise
+        # aiohttp's own errors (404, 405, 413) come as text/plain, so they are
+        # rewritten as the JSON error object that every route returns.
+        message = exc.reason
+        if exc.status == 404:
+            message = f"not found: {request.path}"
+        elif exc.status == 405:
+            allowed = exc.headers.get("Allow", "")
+            message = f"method {request.method} not allowed; allowed: {allowed}"
+        error = json_error(exc.status, message)
+        for name in ("Allow", "WWW-Authenticate", "Retry-After"):
+            if name in exc.headers:
+                error.headers[name] = exc.headers[name]
+        return error
     except AlertHistoryError as exc:
         if isinstance(exc, InvalidInputError):
             return json_error(400, str(exc))

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from aiohttp import web
 
 from libs.errors import InvalidInputError
+
+
+def not_json_message(exc: ValueError) -> str:
+    """Describe why a body is not JSON, with the position of the first error."""
+    if isinstance(exc, json.JSONDecodeError):
+        return f"body is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+    return "body is not JSON"
 
 
 def json_error(status: int, message: str, **extra: Any) -> web.Response:

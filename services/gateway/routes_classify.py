@@ -31,7 +31,7 @@ from libs.alerts import parse_alert
 from libs.batching import split_by_size
 from libs.errors import InvalidInputError
 from services.gateway.keys import CLIENTS_KEY, MODE_KEY, SETTINGS_KEY
-from services.gateway.responses import json_error
+from services.gateway.responses import json_error, not_json_message
 
 MAX_BATCH_IDS = 100
 # Seconds added to the classification budget for the classifier's deadline.
@@ -124,8 +124,8 @@ async def _json_body(request: web.Request) -> Any:
     """Return the decoded JSON body, or a 400 response when it is not JSON."""
     try:
         return await request.json()
-    except ValueError:
-        return json_error(400, "body is not JSON")
+    except ValueError as exc:
+        return json_error(400, not_json_message(exc))
 
 
 def _occurrence_ids(body: Any) -> list[int]:

@@ -253,8 +253,11 @@ async def test_webhook_truncated_count_kept(mesh: InProcessMesh):
     ("body", "fragment"),
     [
         (b"not json", "JSON"),
+        (b'{"alerts": [', "line 1 column 13"),
         (b"[]", "object"),
         (json.dumps({"version": "3", "alerts": []}).encode(), "version"),
+        (json.dumps({"alerts": []}).encode(), "version is missing"),
+        (json.dumps({"version": 4, "alerts": []}).encode(), "4 (not a string)"),
         (json.dumps({"version": "4"}).encode(), "alerts"),
         (json.dumps({"version": "4", "alerts": []}).encode(), "empty"),
         (
@@ -302,6 +305,24 @@ async def test_webhook_bad_body_400_names_problem(
 
     assert status == 400
     assert fragment in answer["error"]
+
+
+async def test_webhook_wrong_method_json_405(mesh: InProcessMesh):
+    assert mesh.http is not None
+    async with mesh.http.get(mesh.url + "/webhook") as reply:
+        status, answer = reply.status, await reply.json()
+        allow = reply.headers.get("Allow", "")
+
+    assert status == 405
+    assert "POST" in allow
+    assert answer["error"] == f"method GET not allowed; allowed: {allow}"
+
+
+async def test_unknown_path_json_404(mesh: InProcessMesh):
+    status, answer = await mesh.get("/no-such-route")
+
+    assert status == 404
+    assert answer == {"status": "error", "error": "not found: /no-such-route"}
 
 
 async def test_webhook_times_read_as_utc(mesh: InProcessMesh):
