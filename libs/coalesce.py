@@ -12,6 +12,10 @@ written again alone, so one item the store rejects fails only its own caller.
 Otherwise every caller of the write gets its error. `retry_alone` may also be
 a function of the error, so that an outage, which every item would meet
 again, is not tried once per item.
+
+An item whose caller stopped waiting is still written, because a write may
+record something that happened (an attempt that was sent). With
+`drop_abandoned`, such items are dropped instead, which suits reads.
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ class Coalescer(Generic[T, R]):
         size: Callable[[T], int] | None = None,
         max_size: int | None = None,
         retry_alone: bool | Callable[[Exception], bool] = True,
+        drop_abandoned: bool = False,
     ) -> None:
         if max_batch < 1 or concurrency < 1:
             raise ValueError(
@@ -68,6 +73,7 @@ class Coalescer(Generic[T, R]):
         self._size = size
         self._max_size = max_size
         self._retry_alone = retry_alone
+        self._drop_abandoned = drop_abandoned
         self._waiting: list[_Waiting[T, R]] = []
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -85,7 +91,10 @@ class Coalescer(Generic[T, R]):
         return await future
 
     async def close(self) -> None:
-        """Wait for the writes in flight and those they leave waiting."""
+        """Wait for the writes in flight and those they leave waiting.
+
+        Cancelling this wait cancels the writes.
+        """
         while self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
@@ -124,18 +133,28 @@ class Coalescer(Generic[T, R]):
 
     async def _run(self, batch: list[_Waiting[T, R]]) -> None:
         try:
-            results = await self._write([waiting.item for waiting in batch])
-        except asyncio.CancelledError:
+            await self._write_batch(batch)
+        finally:
+            # A write that is cancelled or raises a BaseException (such as
+            # CancelledError) must not leave a caller waiting for ever.
             for waiting in batch:
-                waiting.future.cancel()
-            raise
+                if not waiting.future.done():
+                    waiting.future.cancel()
+
+    async def _write_batch(self, batch: list[_Waiting[T, R]]) -> None:
+        if self._drop_abandoned:
+            batch = [waiting for waiting in batch if not waiting.future.done()]
+            if not batch:
+                return
+        try:
+            results = await self._write([waiting.item for waiting in batch])
         except Exception as exc:
             if len(batch) == 1 or not self._retries_alone(exc):
                 for waiting in batch:
                     _settle(waiting.future, exc)
                 return
             for waiting in batch:
-                await self._run([waiting])
+                await self._write_batch([waiting])
             return
         if len(results) != len(batch):
             error = RuntimeError(

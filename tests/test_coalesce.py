@@ -232,3 +232,48 @@ async def test_retry_alone_predicate_skips_outages() -> None:
 
     assert all(isinstance(result, ConnectionError) for result in results)
     assert calls == [[1], [2, 3]]
+
+
+async def test_cancelled_retry_settles_others() -> None:
+    async def write(items: Sequence[int]) -> list[str]:
+        calls.append(list(items))
+        if list(items) == [1]:
+            await release_first.wait()
+        elif len(items) > 1:
+            raise ValueError("one item rejected")
+        elif list(items) == [2]:
+            # As grpc.aio raises for a call cancelled on its side.
+            raise asyncio.CancelledError()
+        return [f"stored {item}" for item in items]
+
+    calls: list[list[int]] = []
+    release_first = asyncio.Event()
+    coalescer = Coalescer(write, max_batch=10)
+    first = asyncio.create_task(coalescer.submit(1))
+    await asyncio.sleep(0)
+    second = asyncio.create_task(coalescer.submit(2))
+    third = asyncio.create_task(coalescer.submit(3))
+    await asyncio.sleep(0)
+
+    release_first.set()
+    await coalescer.close()
+    await asyncio.wait([first, second, third], timeout=1.0)
+
+    assert calls == [[1], [2, 3], [2]]
+    assert await first == "stored 1"
+    assert second.cancelled()
+    assert third.cancelled()
+
+
+async def test_drop_abandoned_skips_gone_callers() -> None:
+    recorder = Recorder()
+    coalescer = Coalescer(recorder.write, max_batch=10, drop_abandoned=True)
+    first, waiting = await submit_while_busy(coalescer, recorder, (2, 3))
+    waiting[0].cancel()
+    await asyncio.sleep(0)
+
+    recorder.gate.set()
+
+    assert await first == "stored 1"
+    assert await waiting[1] == "stored 3"
+    assert recorder.calls == [[1], [3]]

@@ -155,12 +155,13 @@ class RedisVerdictCache:
         # A batch of alerts looks up all its keys at once, so one round trip
         # serves them instead of one each. A failed MGET fails every lookup in
         # it, because trying each key alone against a failing Redis only
-        # multiplies the timeouts.
+        # multiplies the timeouts. Lookups whose caller gave up are skipped.
         self._lookups: Coalescer[str, bytes | str | None] = Coalescer(
             self._read,
             max_batch=KEYS_PER_MGET,
             concurrency=LOOKUP_CONCURRENCY,
             retry_alone=False,
+            drop_abandoned=True,
         )
 
     def redis_key(self, key: str) -> str:
@@ -188,8 +189,8 @@ class RedisVerdictCache:
             self._log_error(exc)
 
     async def close(self) -> None:
-        """Wait for lookups in flight, and leave the client open for its owner."""
-        await self._lookups.close()
+        """Leave the client open for its owner, whose close ends any lookup
+        still waiting for Redis."""
 
     async def _read(self, keys: Sequence[str]) -> list[bytes | str | None]:
         values = await self.client.mget([self.redis_key(key) for key in keys])

@@ -29,6 +29,7 @@ from hashlib import sha256
 from urllib.parse import urlsplit
 
 import aiohttp
+import asyncpg
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
@@ -58,8 +59,11 @@ POLL_SECONDS = 1.0
 # Seconds a lease outlives the request timeout, to cover storing the outcome.
 LEASE_MARGIN_SECONDS = 30.0
 USER_AGENT = "alert-history-publisher"
-# Maximum attempt outcomes stored in one statement.
+# Maximum attempt outcomes stored in one statement, and statements at once.
 OUTCOMES_PER_WRITE = 256
+OUTCOME_WRITES = 2
+# Seconds shutdown waits for outcome writes, even when the drain time is spent.
+OUTCOME_CLOSE_SECONDS = 1.0
 # Shorter credential values are not searched for in response bodies: a value
 # such as "1" would blank out unrelated text.
 MIN_REDACTED_LENGTH = 4
@@ -229,9 +233,13 @@ class DeliveryWorker:
         self._paused_until: dict[str, float] = {}
         # Outcomes of attempts that finish while one is being stored are
         # stored together, in one statement.
+        # NOTE: a statement that waits on one locked delivery row (an
+        # operator's open transaction) holds up the other outcomes of its
+        # write until the command timeout, and all of them are retried.
         self._outcomes: Coalescer[FinishedAttempt, bool] = Coalescer(
             self._write_outcomes,
             max_batch=OUTCOMES_PER_WRITE,
+            concurrency=OUTCOME_WRITES,
             retry_alone=_may_be_one_row,
         )
 
@@ -261,11 +269,12 @@ class DeliveryWorker:
 
         in_flight = dict(self._in_flight)
         if in_flight:
+            drained_by = time.monotonic() + self.drain_seconds
             _, unfinished = await asyncio.wait(in_flight, timeout=self.drain_seconds)
             for task in unfinished:
                 task.cancel()
             await asyncio.gather(*unfinished, return_exceptions=True)
-            await self._outcomes.close()
+            await self._close_outcomes(drained_by - time.monotonic())
             if unfinished:
                 await self._release([in_flight[task].id for task in unfinished])
 
@@ -273,6 +282,25 @@ class DeliveryWorker:
             await self._session.close()
             self._session = None
         logger.info("delivery worker stopped", extra={"owner": self.owner})
+
+    async def _close_outcomes(self, seconds: float) -> None:
+        """Let outcome writes in flight finish within the drain time.
+
+        Outcomes of cancelled deliveries are written too, because their
+        requests may have reached the target. A write still running after
+        `seconds` (at least OUTCOME_CLOSE_SECONDS) is cancelled, and its
+        deliveries are sent again once their leases are released or expire.
+        """
+        try:
+            await asyncio.wait_for(
+                self._outcomes.close(), max(seconds, OUTCOME_CLOSE_SECONDS)
+            )
+        except TimeoutError:
+            logger.error(
+                "delivery outcomes not stored before shutdown; "
+                "their deliveries will be sent again",
+                extra={"owner": self.owner},
+            )
 
     async def _release(self, delivery_ids: list[int]) -> None:
         try:
@@ -607,10 +635,14 @@ class DeliveryWorker:
 def _may_be_one_row(exc: Exception) -> bool:
     """Return whether a failed write of several outcomes may be one row's fault.
 
-    An unreachable or timed-out database fails every row alike, so writing
-    each outcome alone would only repeat the wait once per outcome.
+    An unreachable database, or a statement that timed out or was cancelled
+    (statement_timeout), fails every row alike, so writing each outcome alone
+    would only repeat the wait once per outcome.
     """
-    return not isinstance(exc, UnavailableError | TimeoutError | OSError)
+    return not isinstance(
+        exc,
+        UnavailableError | TimeoutError | OSError | asyncpg.QueryCanceledError,
+    )
 
 
 def _annotate_span(status_code: int | None, outcome: Outcome) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from contextlib import suppress
 
 import redis.asyncio as redis
 
@@ -205,3 +206,37 @@ async def test_redis_cache_batches_concurrent_lookups(
     assert found == [None] * 3 + [VERDICT] + [None] * 6
     # Two lookups go out at once, alone, and the other eight share one MGET.
     assert sizes == [1, 1, 8]
+
+
+async def test_redis_cache_close_with_hung_redis() -> None:
+    connections: list[asyncio.StreamWriter] = []
+
+    async def accept_and_ignore(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        connections.append(writer)
+        with suppress(ConnectionError):
+            while await reader.read(4096):
+                pass
+
+    server = await asyncio.start_server(accept_and_ignore, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = redis.from_url(f"redis://127.0.0.1:{port}/0")
+    cache = RedisVerdictCache(client, "hung:")
+    # The caller gives up, as a classification does when its gRPC deadline
+    # passes and the handler is cancelled.
+    with suppress(TimeoutError):
+        await asyncio.wait_for(cache.get("k"), 0.1)
+
+    closing = asyncio.create_task(cache.close())
+    await asyncio.wait([closing], timeout=1.0)
+    closed_in_time = closing.done()
+
+    for writer in connections:
+        writer.close()
+    server.close()
+    await server.wait_closed()
+    await client.aclose()
+    await asyncio.wait_for(closing, 5.0)
+
+    assert closed_in_time

@@ -12,8 +12,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from alerthistory.alert.v1 import alert_pb2
-from services.publisher.delivery import idempotency_key
-from services.publisher.service import build_deliveries
+from services.publisher.delivery import OUTCOME_CLOSE_SECONDS, idempotency_key
+from services.publisher.service import build_deliveries, create_service
 from services.publisher.store import DeliveryStore
 from tests.fakes.receiver import Receiver, Reply
 from tests.publisher.conftest import (
@@ -463,4 +463,33 @@ async def test_close_drains_short_request(
         await asyncio.sleep(0.2)
 
     assert record.state == "succeeded"
+    assert len(receiver.requests) == 1
+
+
+async def test_close_bounds_slow_outcome_writes(
+    any_database_url: str, tmp_path: Path, receiver: Receiver
+) -> None:
+    settings = make_settings(
+        any_database_url, write_targets(tmp_path, [target(receiver)])
+    )
+    service = create_service(settings, CollectorRegistry())
+    await service.start()
+    stored = asyncio.Event()
+
+    async def hung_finish(*args: Any) -> list[bool]:
+        stored.set()
+        await asyncio.sleep(60)
+        return []
+
+    service.store.finish_attempts = hung_finish  # type: ignore[method-assign,assignment]
+    try:
+        await service.publish(publish_request("b-hung"))
+        await asyncio.wait_for(stored.wait(), 5.0)
+        started = time.monotonic()
+        await service.close()
+        elapsed = time.monotonic() - started
+    finally:
+        await service.close()
+
+    assert elapsed < OUTCOME_CLOSE_SECONDS + 2.0
     assert len(receiver.requests) == 1
