@@ -386,6 +386,20 @@ class Settings(BaseSettings):
     delivery_timeout_seconds: float = Field(
         10.0, gt=0, description="Seconds one delivery request may take."
     )
+    publisher_retention_days: int = Field(
+        90,
+        ge=0,
+        description="Days delivery records are kept: deliveries that succeeded, "
+        "or were dead-lettered and discarded, earlier are deleted with their "
+        "attempts; pending deliveries and dead letters not discarded are kept; "
+        "0 keeps everything.",
+    )
+    publisher_retention_interval_seconds: float = Field(
+        3600.0,
+        gt=0,
+        description="Seconds between two retention runs of the publisher; one "
+        "replica runs at a time.",
+    )
     delivery_concurrency_per_target: int = Field(
         16,
         ge=1,

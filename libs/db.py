@@ -252,6 +252,16 @@ async def _init_postgres_connection(conn: asyncpg.Connection) -> None:
     )
 
 
+def id_in(dialect: Dialect, column: str, parameter: int) -> str:
+    """Return a condition "column is in the id list passed as $parameter".
+
+    On SQLite the list is passed as JSON text.
+    """
+    if dialect == "postgresql":
+        return f"{column} = ANY(${parameter}::bigint[])"
+    return f"{column} IN (SELECT value FROM json_each(${parameter}))"
+
+
 @functools.lru_cache(maxsize=256)
 def values_list(rows: int, columns: int, first: int = 1) -> str:
     """Return "($1, $2), ($3, $4)" for `rows` rows of `columns` parameters."""

@@ -22,7 +22,7 @@ from typing import Any
 
 from alerthistory.history.v1 import history_pb2
 from libs.alerts import datetime_to_timestamp
-from libs.db import Connection, Database, Dialect, Row
+from libs.db import Connection, Database, Dialect, Row, id_in
 from libs.errors import InvalidInputError, NotFoundError
 from services.history import records
 
@@ -42,13 +42,6 @@ def check_limit(limit: int) -> None:
         raise InvalidInputError(
             f"limit must be from 1 to {MAX_LIST_LIMIT}, not {limit}"
         )
-
-
-def id_in(dialect: Dialect, column: str, parameter: int) -> str:
-    """Return a condition "column is in the id list passed as $parameter"."""
-    if dialect == "postgresql":
-        return f"{column} = ANY(${parameter}::bigint[])"
-    return f"{column} IN (SELECT value FROM json_each(${parameter}))"
 
 
 def seconds_between(dialect: Dialect, start: str, end: str) -> str:

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 from alerthistory.alert.v1 import alert_pb2
 from alerthistory.history.v1 import history_pb2
 from libs.alerts import STATUS_NAMES, datetime_to_timestamp
-from libs.db import Connection, Database, Row, values_list
+from libs.db import Connection, Database, Row, id_in, values_list
 from libs.errors import InvalidInputError, NotFoundError
 from services.history import queries, records
 from services.history.lifecycle import (
@@ -259,9 +259,7 @@ class HistoryStore:
 
     def _id_in(self, column: str, parameter: int) -> str:
         """Return a condition "column is in the id list passed as $parameter"."""
-        if self.db.dialect == "postgresql":
-            return f"{column} = ANY(${parameter}::bigint[])"
-        return f"{column} IN (SELECT value FROM json_each(${parameter}))"
+        return id_in(self.db.dialect, column, parameter)
 
     async def store_notification(
         self,

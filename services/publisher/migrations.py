@@ -122,4 +122,13 @@ MIGRATIONS: tuple[Migration, ...] = (
             " ON publisher_deliveries (target, id) WHERE state = 'pending'",
         ),
     ),
+    Migration(
+        version=5,
+        description="finished deliveries by completion time, for retention",
+        statements=(
+            "CREATE INDEX publisher_deliveries_completed"
+            " ON publisher_deliveries (completed_at)"
+            " WHERE completed_at IS NOT NULL",
+        ),
+    ),
 )

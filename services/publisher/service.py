@@ -8,8 +8,10 @@ dead letters, statistics, test alerts) are in `operations`.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, NoReturn, TypeAlias
@@ -37,6 +39,7 @@ from services.publisher.metrics import PublisherMetrics
 from services.publisher.migrations import COMPONENT, MIGRATIONS
 from services.publisher.operations import PreconditionError, SyntheticIds
 from services.publisher.planning import TargetPlan, plan_targets
+from services.publisher.retention import Retention, RetentionMetrics
 from services.publisher.store import (
     DeliveredAlert,
     DeliveredStates,
@@ -57,6 +60,8 @@ Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 
 SERVICE_NAME = publisher_pb2.DESCRIPTOR.services_by_name["PublisherService"].full_name
 MAX_BATCH_ID_LENGTH = 200
+# Deliveries (or batch records) deleted per retention transaction.
+RETENTION_BATCH_SIZE = 1000
 # Requests per PublishBatch call.
 MAX_PUBLISH_BATCH_REQUESTS = 500
 
@@ -99,6 +104,9 @@ class PublisherService:
         self._store: DeliveryStore | None = None
         self._log: PublishingLog | None = None
         self._worker: DeliveryWorker | None = None
+        self._retention_metrics = RetentionMetrics(registry)
+        self.retention: Retention | None = None
+        self._retention_task: asyncio.Task[None] | None = None
 
     @property
     def store(self) -> DeliveryStore:
@@ -153,9 +161,27 @@ class PublisherService:
             self._store, self.targets, self.settings, self.metrics
         )
         await self._worker.start()
+        if self.settings.publisher_retention_days:
+            self.retention = Retention(
+                self._db,
+                days=self.settings.publisher_retention_days,
+                batch_size=RETENTION_BATCH_SIZE,
+                metrics=self._retention_metrics,
+            )
+            self._retention_task = asyncio.create_task(
+                self.retention.run_periodically(
+                    self.settings.publisher_retention_interval_seconds
+                ),
+                name="publisher-retention",
+            )
 
     async def close(self) -> None:
         """Stop discovery, then the worker (releasing its leases), then the database."""
+        if self._retention_task is not None:
+            self._retention_task.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._retention_task
+            self._retention_task = None
         if self._discovery is not None:
             await self._discovery.close()
             self._discovery = None

@@ -18,8 +18,10 @@ from alerthistory.alert.v1 import alert_pb2
 from alerthistory.publisher.v1 import publisher_pb2
 from libs.alerts import parse_notification
 from libs.config import Settings
+from libs.db import Database, migrate
+from services.publisher.migrations import COMPONENT, MIGRATIONS
 from services.publisher.service import PublisherService, create_service
-from services.publisher.store import DeliveryRecord
+from services.publisher.store import DeliveryRecord, DeliveryStore
 from tests.conftest import FIXTURES
 from tests.fakes.receiver import Receiver
 
@@ -164,3 +166,15 @@ async def wait_for_delivery(
 async def receiver() -> AsyncIterator[Receiver]:
     async with Receiver() as server:
         yield server
+
+
+@pytest.fixture
+async def store(any_database_url: str) -> AsyncIterator[DeliveryStore]:
+    """A delivery store on a migrated database of either dialect."""
+    db = Database(any_database_url)
+    await db.connect()
+    await migrate(db, COMPONENT, MIGRATIONS)
+    try:
+        yield DeliveryStore(db)
+    finally:
+        await db.close()

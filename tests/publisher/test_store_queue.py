@@ -4,13 +4,10 @@ and when targets are due."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from libs.db import Database, migrate
-from services.publisher.migrations import COMPONENT, MIGRATIONS
 from services.publisher.store import (
     AttemptResult,
     DeliveredAlert,
@@ -38,17 +35,6 @@ def delivery(group_key: str, part: int, target: str = "hook") -> NewDelivery:
         body="{}",
         alerts=(),
     )
-
-
-@pytest.fixture
-async def store(any_database_url: str) -> AsyncIterator[DeliveryStore]:
-    db = Database(any_database_url)
-    await db.connect()
-    await migrate(db, COMPONENT, MIGRATIONS)
-    try:
-        yield DeliveryStore(db)
-    finally:
-        await db.close()
 
 
 async def record(store: DeliveryStore, batch_id: str, *items: NewDelivery) -> None:
