@@ -60,6 +60,8 @@ from services.gateway.storing import NotificationStore
 
 logger = logging.getLogger(__name__)
 
+SERVER_NAME = "alert-history"
+
 READ_DEADLINE = 10.0
 
 # gRPC codes that mean "try again later", returned as 503 so Alertmanager retries.
@@ -349,6 +351,12 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
         return json_error(503, "a backend service is unavailable; retry later")
 
 
+async def _name_server(_: web.Request, response: web.StreamResponse) -> None:
+    """Name the product in the Server header instead of Python's and aiohttp's
+    versions, which tell a scanner what to try."""
+    response.headers["Server"] = SERVER_NAME
+
+
 def create_app(
     settings: Settings,
     clients: ServiceClients,
@@ -366,6 +374,7 @@ def create_app(
         ],
         client_max_size=settings.webhook_max_body_bytes + 1,
     )
+    app.on_response_prepare.append(_name_server)
     app[SETTINGS_KEY] = settings
     app[CLIENTS_KEY] = clients
     app[REGISTRY_KEY] = registry

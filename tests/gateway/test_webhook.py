@@ -312,9 +312,11 @@ async def test_webhook_wrong_method_json_405(mesh: InProcessMesh):
     async with mesh.http.get(mesh.url + "/webhook") as reply:
         status, answer = reply.status, await reply.json()
         allow = reply.headers.get("Allow", "")
+        server = reply.headers.get("Server")
 
     assert status == 405
     assert "POST" in allow
+    assert server == "alert-history"
     assert answer["error"] == f"method GET not allowed; allowed: {allow}"
 
 
