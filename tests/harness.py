@@ -29,10 +29,24 @@ ALERTMANAGER_BINARIES = ("prometheus-alertmanager", "alertmanager")
 GRPC_SERVICES = ("history", "classifier", "publisher", "recommender")
 
 
+# Ports free_port() returned, so that it never returns one twice: the kernel
+# may offer a closed port again before the server that was meant to take it
+# has started.
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """Return a port on 127.0.0.1 that was free and not returned before.
+
+    NOTE: another process may still take the port before the server binds it.
+    """
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def wait_until(
