@@ -79,7 +79,7 @@ class Coalescer(Generic[T, R]):
 
     @property
     def in_flight(self) -> int:
-        """Writes running now."""
+        """Return the number of writes running now."""
         return len(self._tasks)
 
     async def submit(self, item: T) -> R:

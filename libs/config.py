@@ -389,22 +389,22 @@ class Settings(BaseSettings):
     publisher_retention_days: int = Field(
         90,
         ge=0,
-        description="Days delivery records are kept: deliveries that succeeded, "
+        description="Days delivery records are kept. Deliveries that succeeded, "
         "or were dead-lettered and discarded, earlier are deleted with their "
-        "attempts; pending deliveries and dead letters not discarded are kept; "
-        "0 keeps everything.",
+        "attempts. Pending deliveries and dead letters not discarded are kept, "
+        "and 0 keeps everything.",
     )
     publisher_retention_interval_seconds: float = Field(
         3600.0,
         gt=0,
-        description="Seconds between two retention runs of the publisher; one "
+        description="Seconds between two retention runs of the publisher. One "
         "replica runs at a time.",
     )
     delivery_concurrency_per_target: int = Field(
         16,
         ge=1,
         le=64,
-        description="Requests in flight per target; deliveries of one group "
+        description="Requests in flight per target. Deliveries of one group "
         "still go one at a time, in order.",
     )
     target_discovery_namespaces: str | None = Field(

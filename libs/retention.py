@@ -3,7 +3,7 @@
 A service subclasses `Retention` with the statements of its own tables. A
 run takes a lock, so that one replica runs at a time (`libs.locks`), and
 deletes in short transactions of at most `batch_size` rows with a pause
-between them, so that writers are never blocked for long.
+between them, so that a writer waits at most for one short transaction.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ class RetentionMetrics:
 
 @dataclass
 class RetentionResult:
-    """Rows one run deleted, by table; `skipped` when another replica ran."""
+    """Rows one run deleted, by table, and whether another replica ran instead."""
 
     skipped: bool = False
     deleted: dict[str, int] = field(default_factory=dict)
@@ -108,7 +108,7 @@ class Retention(ABC):
                 result.skipped = True
                 self._count_run("skipped")
                 logger.info(
-                    "retention skipped: another replica holds the lock",
+                    "retention skipped: the lock is taken by another replica",
                     extra={"lock": self.LOCK_NAME},
                 )
                 return result

@@ -317,7 +317,7 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
             message = f"not found: {request.path}"
         elif exc.status == 405:
             allowed = exc.headers.get("Allow", "")
-            message = f"method {request.method} not allowed; allowed: {allowed}"
+            message = f"method {request.method} not allowed, use {allowed}"
         error = json_error(exc.status, message)
         for name in ("Allow", "WWW-Authenticate", "Retry-After"):
             if name in exc.headers:

@@ -59,8 +59,9 @@ POLL_SECONDS = 1.0
 # Seconds a lease outlives the request timeout, to cover storing the outcome.
 LEASE_MARGIN_SECONDS = 30.0
 USER_AGENT = "alert-history-publisher"
-# Maximum attempt outcomes stored in one statement, and statements at once.
+# Maximum attempt outcomes stored in one statement.
 OUTCOMES_PER_WRITE = 256
+# Outcome statements running at once.
 OUTCOME_WRITES = 2
 # Seconds shutdown waits for outcome writes, even when the drain time is spent.
 OUTCOME_CLOSE_SECONDS = 1.0
@@ -297,8 +298,8 @@ class DeliveryWorker:
             )
         except TimeoutError:
             logger.error(
-                "delivery outcomes not stored before shutdown; "
-                "their deliveries will be sent again",
+                "delivery outcomes not stored before shutdown, so their "
+                "deliveries will be sent again once their leases are released",
                 extra={"owner": self.owner},
             )
 

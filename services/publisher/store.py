@@ -383,24 +383,6 @@ class DeliveryStore:
         )
         return {row["target"]: as_datetime(row["due"]) for row in rows}
 
-    async def finish_attempt(
-        self,
-        delivery: ClaimedDelivery,
-        owner: str,
-        result: AttemptResult,
-        outcome: Outcome,
-        now: datetime,
-    ) -> bool:
-        """Store an attempt and the delivery's new state in one transaction.
-
-        Returns False, storing nothing, when `owner` no longer holds the
-        lease, because the lease expired and another worker took it over.
-        """
-        stored = await self.finish_attempts(
-            [FinishedAttempt(delivery, result, outcome)], owner, now
-        )
-        return stored[0]
-
     async def finish_attempts(
         self, finished: Sequence[FinishedAttempt], owner: str, now: datetime
     ) -> list[bool]:
@@ -413,7 +395,7 @@ class DeliveryStore:
             return []
         if len({item.delivery.id for item in finished}) != len(finished):
             raise ValueError(
-                "finish_attempts got one delivery twice; store each attempt once"
+                "finish_attempts got a delivery twice: store each attempt once"
             )
         if self.db.dialect == "postgresql":
             # One statement is one transaction: an attempt row is written

@@ -317,7 +317,7 @@ async def test_webhook_wrong_method_json_405(mesh: InProcessMesh):
     assert status == 405
     assert "POST" in allow
     assert server == "alert-history"
-    assert answer["error"] == f"method GET not allowed; allowed: {allow}"
+    assert answer["error"] == f"method GET not allowed, use {allow}"
 
 
 async def test_unknown_path_json_404(mesh: InProcessMesh):

@@ -128,7 +128,7 @@ async def test_retention_keeps_unresolved_trigger(store: DeliveryStore) -> None:
     assert await store.get(other) is None
 
 
-async def test_retention_keeps_pending_and_open_dead_letters(
+async def test_retention_keeps_pending_and_undiscarded(
     store: DeliveryStore,
 ) -> None:
     pending = await deliver(store, "b-pending", "resolved", state="pending")

@@ -180,9 +180,10 @@ async def test_finish_attempt_stores_outcome(store: DeliveryStore) -> None:
     [claimed] = await store.claim("hook", 1, "worker", NOW, LEASE_UNTIL)
     retry_at = NOW + timedelta(seconds=5)
 
-    stored = await store.finish_attempt(
-        claimed, "worker", RESULT, Outcome("pending", retry_at, "retrying"), NOW
+    finished = FinishedAttempt(
+        claimed, RESULT, Outcome("pending", retry_at, "retrying")
     )
+    [stored] = await store.finish_attempts([finished], "worker", NOW)
 
     assert stored is True
     record_after = await store.get(claimed.id)
@@ -202,9 +203,8 @@ async def test_finish_attempt_lost_lease_stores_nothing(store: DeliveryStore) ->
     later = LEASE_UNTIL + timedelta(seconds=1)
     [taken_over] = await store.claim("hook", 1, "worker-b", later, later + LEASE)
 
-    stored = await store.finish_attempt(
-        claimed, "worker-a", RESULT, Outcome("succeeded", later), later
-    )
+    finished = FinishedAttempt(claimed, RESULT, Outcome("succeeded", later))
+    [stored] = await store.finish_attempts([finished], "worker-a", later)
 
     assert taken_over.id == claimed.id
     assert stored is False
@@ -271,7 +271,7 @@ async def test_finish_attempts_rejects_duplicates(
     [claimed] = await store.claim("hook", 1, "worker", NOW, LEASE_UNTIL)
     item = FinishedAttempt(claimed, RESULT, Outcome("succeeded", NOW))
 
-    with pytest.raises(ValueError, match="one delivery twice"):
+    with pytest.raises(ValueError, match="a delivery twice"):
         await store.finish_attempts([item, item], "worker", NOW)
 
     assert await store.attempts(claimed.id) == []
